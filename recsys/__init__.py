@@ -1,0 +1,1 @@
+"""Test-time scaling for CTR prediction on TorchRec."""

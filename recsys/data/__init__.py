@@ -1,0 +1,1 @@
+"""Data: schemas, raw-to-npy preprocessing and the memmap loader."""

@@ -1,0 +1,91 @@
+"""Member spec strings: ``"dcnv2:seed=3,cross_layers=4,mlp=512-256"``.
+
+A spec is a model name from ``recsys.models.MODELS`` and optional ``key=value``
+pairs that set fields of that model's config dataclass.  Values are coerced by
+the field's type: ints, floats, bools (true/false/1/0), strings, and int tuples
+written with dashes (``mlp=512-256``; ``mlp=`` or ``mlp=none`` is the empty tuple).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+
+class SpecError(ValueError):
+    """A member spec that names an unknown model or key, or a bad value."""
+
+
+@dataclass
+class MemberConfig:
+    """Knobs every member has.  Model configs subclass this.
+
+    ``seed`` fully determines the member's initialization, which is what makes
+    homogeneous ensembles diverse.
+    """
+
+    seed: int = 0
+    embedding_dim: int = 16
+    dropout: float = 0.0
+
+
+def _coerce(value: str, tp: Any, model: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    try:
+        if tp is bool:
+            low = value.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if tp is int:
+            return int(value)
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return value
+        if origin is tuple:
+            if value.strip().lower() in ("", "none"):
+                return ()
+            (inner, *_rest) = typing.get_args(tp)
+            return tuple(inner(v) for v in value.split("-"))
+    except ValueError:
+        raise SpecError(f"{model}: bad value {value!r} for {key} (expected {_type_name(tp)})") from None
+    raise SpecError(f"{model}: key {key} has unsupported type {tp}")
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is tuple:
+        return "ints joined by '-', e.g. 512-256"
+    return getattr(tp, "__name__", str(tp))
+
+
+def parse_spec(spec: str, configs: dict[str, type[MemberConfig]]) -> tuple[str, MemberConfig]:
+    """Parses a spec into (model name, config instance), with errors that list valid choices."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise SpecError(f"empty member spec {spec!r}")
+    name, _, rest = spec.strip().partition(":")
+    name = name.strip().lower()
+    if name not in configs:
+        raise SpecError(f"unknown model {name!r} in spec {spec!r}; valid models: {', '.join(sorted(configs))}")
+    cls = configs[name]
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq:
+            raise SpecError(f"{name}: expected key=value, got {item!r} in spec {spec!r}")
+        if key not in fields:
+            raise SpecError(f"{name}: unknown key {key!r}; valid keys: {', '.join(sorted(fields))}")
+        if key in kwargs:
+            raise SpecError(f"{name}: key {key!r} given twice in spec {spec!r}")
+        kwargs[key] = _coerce(value.strip(), hints[key], name, key)
+    try:
+        cfg = cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"{name}: {e}") from None
+    return name, cfg
