@@ -20,6 +20,8 @@ class ModelEntry:
 
 MODELS: dict[str, ModelEntry] = {
     "fnn": ModelEntry(FNNConfig, build_fnn),  # type: ignore[arg-type]
+    # -- models A (ipnn, deepfm, dcn, dcnv2, finalmlp) --
+    # -- models B (wukong, rankmixer, multiembed, dmoe) --
 }
 
 
