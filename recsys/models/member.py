@@ -53,6 +53,13 @@ class Member(nn.Module):
             return self.over_arch(h)  # [B]
         return h.reshape(h.shape[0])  # [B]
 
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """An extra loss term from the last forward (D-MoE's de-correlation), or None.
+
+        The group loss adds it to the BCE of the group's mean logit.
+        """
+        return None
+
     def flops_per_example(self) -> int:
         total = 0
         for m in (self.dense_arch, self.interaction, self.over_arch):
