@@ -75,17 +75,30 @@ class MLP(nn.Module):
 
 
 def make_ebc(
-    member: str, schema: Schema, embedding_dim: int, device: torch.device | None = None
+    member: str,
+    schema: Schema,
+    embedding_dim: int,
+    device: torch.device | None = None,
+    num_sets: int | None = None,
 ) -> EmbeddingBagCollection:
-    """The member's own EBC: one table per field, named ``<member>__<field>``."""
+    """The member's own EBC: one table per field, named ``<member>__<field>``.
+
+    With ``num_sets=M`` (Multi-Embed, D-MoE) it holds M independent tables per
+    field, named ``<member>__e{k}__<field>``, set-major, all in this ONE EBC so DMP
+    shards them like any other member's.  Several tables then read the same KJT
+    feature; EBC supports that and names the pooled outputs ``<field>@<table>``
+    (``torchrec.modules.embedding_modules.get_embedding_names_by_table``).
+    """
+    prefixes = [member] if num_sets is None else [f"{member}__e{k}" for k in range(num_sets)]
     tables = [
         EmbeddingBagConfig(
-            name=table_name(member, f.name),
+            name=table_name(prefix, f.name),
             embedding_dim=embedding_dim,
             num_embeddings=f.num_embeddings,
             feature_names=[f.name],
             pooling=PoolingType.SUM,
         )
+        for prefix in prefixes
         for f in schema.sparse_features
     ]
     ebc = EmbeddingBagCollection(tables=tables, device=device or torch.device("cpu"))
@@ -143,3 +156,24 @@ class OverArch(nn.Module):
 
     def flops_per_example(self) -> int:
         return self.mlp.flops_per_example() + 2 * self.out.in_features
+
+
+def num_tokens(schema: Schema) -> int:
+    """Tokens the interaction sees: one per sparse field, plus one dense token if any."""
+    return schema.num_sparse + (1 if schema.num_dense else 0)
+
+
+def member_arches(
+    name: str, schema: Schema, embedding_dim: int
+) -> tuple[SparseArch, DenseArch | None]:
+    """The parts every builder shares: the member's own EBC and, if the schema has
+    dense features, the DenseArch that turns them into one more token.
+
+    Example::
+
+        sparse_arch, dense_arch = member_arches("m0", schema, 16)
+        member = Member("m0", "ipnn", sparse_arch, interaction, over_arch, dense_arch)
+    """
+    sparse_arch = SparseArch(make_ebc(name, schema, embedding_dim), schema.sparse_names)
+    dense_arch = DenseArch(schema.num_dense, embedding_dim) if schema.num_dense else None
+    return sparse_arch, dense_arch

@@ -7,9 +7,18 @@ from typing import Callable
 import torch
 
 from recsys.data.schema import Schema
+from recsys.models.dcn import DCNConfig, build_dcn
+from recsys.models.dcnv2 import DCNv2Config, build_dcnv2
+from recsys.models.deepfm import DeepFMConfig, build_deepfm
+from recsys.models.dmoe import DMoEConfig, build_dmoe
+from recsys.models.finalmlp import FinalMLPConfig, build_finalmlp
 from recsys.models.fnn import FNNConfig, build_fnn
+from recsys.models.ipnn import IPNNConfig, build_ipnn
 from recsys.models.member import Member
+from recsys.models.multiembed import MultiEmbedConfig, build_multiembed
+from recsys.models.rankmixer import RankMixerConfig, build_rankmixer
 from recsys.models.spec import MemberConfig, SpecError, parse_spec
+from recsys.models.wukong import WukongConfig, build_wukong
 
 
 @dataclass(frozen=True)
@@ -21,7 +30,16 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {
     "fnn": ModelEntry(FNNConfig, build_fnn),  # type: ignore[arg-type]
     # -- models A (ipnn, deepfm, dcn, dcnv2, finalmlp) --
+    "ipnn": ModelEntry(IPNNConfig, build_ipnn),  # type: ignore[arg-type]
+    "deepfm": ModelEntry(DeepFMConfig, build_deepfm),  # type: ignore[arg-type]
+    "dcn": ModelEntry(DCNConfig, build_dcn),  # type: ignore[arg-type]
+    "dcnv2": ModelEntry(DCNv2Config, build_dcnv2),  # type: ignore[arg-type]
+    "finalmlp": ModelEntry(FinalMLPConfig, build_finalmlp),  # type: ignore[arg-type]
     # -- models B (wukong, rankmixer, multiembed, dmoe) --
+    "wukong": ModelEntry(WukongConfig, build_wukong),  # type: ignore[arg-type]
+    "rankmixer": ModelEntry(RankMixerConfig, build_rankmixer),  # type: ignore[arg-type]
+    "multiembed": ModelEntry(MultiEmbedConfig, build_multiembed),  # type: ignore[arg-type]
+    "dmoe": ModelEntry(DMoEConfig, build_dmoe),  # type: ignore[arg-type]
 }
 
 

@@ -1,0 +1,231 @@
+"""Tests every model in ``recsys.models.MODELS`` (new registrations are picked up
+automatically), plus a few checks of model-specific maths.
+
+Small configs: ``small_spec(name)`` shrinks every non-empty int-tuple knob of a
+model's config (its MLPs) to 32-16; ``SMALL_OVERRIDES`` adds per-model keys
+where that generic rule is not enough.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+from torchmetrics.functional.classification import binary_auroc
+from torchrec.modules.crossnet import VectorCrossNet
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from recsys.data.batch import kjt_from_ids
+from recsys.data.schema import Schema
+from recsys.models import MODELS, Member, SpecError, build_member
+from recsys.models.deepfm import fm_second_order
+from recsys.models.finalmlp import BilinearAggregation
+from recsys.models.ipnn import InnerProductInteraction
+from tests.toy_data import toy_arrays, toy_schema
+
+NAMES = sorted(MODELS)
+SMALL_OVERRIDES: dict[str, str] = {
+    "finalmlp": "gate_hidden=16",
+    "wukong": "lcb_tokens=8,fmb_tokens=8,fmb_rank=8",  # halves its learning-test time
+}
+
+
+def small_spec(name: str, extra: str = "") -> str:
+    keys = []
+    for f in dataclasses.fields(MODELS[name].config):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        if isinstance(default, tuple) and default and all(isinstance(v, int) for v in default):
+            keys.append(f"{f.name}=32-16")
+    keys += [k for k in (SMALL_OVERRIDES.get(name, ""), extra) if k]
+    return f"{name}:{','.join(keys)}"
+
+
+def _tensors(schema: Schema, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dense, sparse, labels = toy_arrays(schema, n, seed)
+    return torch.from_numpy(dense), torch.from_numpy(sparse).long(), torch.from_numpy(labels)
+
+
+def _loss(
+    member: Member, keys: list[str], dense: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """BCE on the member's logits plus its auxiliary loss, as the group loss adds it."""
+    logits = member(dense, kjt_from_ids(ids, keys))
+    loss = F.binary_cross_entropy_with_logits(logits, labels)
+    aux = member.auxiliary_loss()
+    return loss if aux is None else loss + aux
+
+
+def _small_case(
+    name: str, num_dense: int, batch_size: int
+) -> tuple[Schema, Member, torch.Tensor, torch.Tensor, torch.Tensor]:
+    schema = toy_schema(num_fields=5, vocab=20, num_dense=num_dense)
+    member = build_member(small_spec(name), schema, name="m0")
+    return (schema, member, *_tensors(schema, batch_size, seed=0))
+
+
+@pytest.mark.parametrize("num_dense", [0, 3])
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_backward(name: str, num_dense: int) -> None:
+    schema, member, dense, ids, labels = _small_case(name, num_dense, batch_size=32)
+    logits = member(dense, kjt_from_ids(ids, schema.sparse_names))
+    assert logits.shape == (32,) and logits.dtype == torch.float32
+    _loss(member, schema.sparse_names, dense, ids, labels).backward()
+    for pname, p in member.named_parameters():
+        assert p.grad is not None, f"{name}: no gradient for {pname}"
+        assert torch.isfinite(p.grad).all(), f"{name}: non-finite gradient for {pname}"
+        assert p.grad.abs().sum() > 0, f"{name}: all-zero gradient for {pname}"
+    ebcs = [m for m in member.modules() if isinstance(m, EmbeddingBagCollection)]
+    assert ebcs, f"{name}: no EmbeddingBagCollection"
+    for ebc in ebcs:
+        for cfg in ebc.embedding_bag_configs():
+            assert cfg.name.startswith("m0__"), f"{name}: table {cfg.name} not prefixed by the member name"
+
+
+@pytest.mark.parametrize("num_dense", [0, 3])
+@pytest.mark.parametrize("name", NAMES)
+def test_flops_match_counter(name: str, num_dense: int) -> None:
+    """Member.flops_per_example() == FlopCounterMode's count for one forward / B."""
+    schema, member, dense, ids, _ = _small_case(name, num_dense, batch_size=16)
+    with FlopCounterMode(display=False) as counter:
+        member(dense, kjt_from_ids(ids, schema.sparse_names))
+    assert member.flops_per_example() > 0
+    assert member.flops_per_example() == counter.get_total_flops() / 16
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_seed_determines_init(name: str) -> None:
+    schema = toy_schema(num_fields=4, vocab=20, num_dense=2)
+    a, b, c = (build_member(small_spec(name, f"seed={s}"), schema, name="m") for s in (1, 1, 2))
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert sa.keys() == sb.keys() == sc.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+# -- learning: every model beats logistic regression on the planted pairwise signal --
+# 30k training rows, 300 Adam steps of 256 (~2.6 epochs), lr 3e-3, 5k held-out rows.
+# Measured with these small specs on data seeds 0-2 (test AUC): LR 0.712-0.718 (its
+# ceiling with 5x the steps is ~0.725); every model 0.740-0.779, i.e. at least 0.022
+# above LR; model seeds 1-2 on data seed 0 gave 0.756-0.776 against LR's 0.718.
+LEARN_ROWS, LEARN_TEST, LEARN_BATCH, LEARN_STEPS, LEARN_LR, LEARN_MARGIN = 30_000, 5_000, 256, 300, 3e-3, 0.01
+
+
+def _train(params: list[torch.Tensor], loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """The same batches, steps and optimizer for every model and for the baseline."""
+    opt = torch.optim.Adam(params, lr=LEARN_LR)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(LEARN_STEPS):
+        idx = torch.randint(0, LEARN_ROWS, (LEARN_BATCH,), generator=gen)
+        opt.zero_grad()
+        loss_fn(idx).backward()
+        opt.step()
+
+
+@pytest.fixture(scope="module")
+def learn_data() -> tuple[Schema, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Toy data and the held-out AUC of logistic regression: one weight per (field, id)."""
+    schema = toy_schema(num_fields=6, vocab=50, num_dense=0)
+    dense, ids, labels = _tensors(schema, LEARN_ROWS + LEARN_TEST, seed=0)
+    offsets = torch.tensor(np.cumsum([0] + schema.vocab_sizes[:-1]))
+    weight = torch.zeros(sum(schema.vocab_sizes), requires_grad=True)
+    bias = torch.zeros(1, requires_grad=True)
+
+    def lr_logits(rows: torch.Tensor | slice) -> torch.Tensor:
+        return weight[ids[rows] + offsets].sum(1) + bias
+
+    _train([weight, bias], lambda idx: F.binary_cross_entropy_with_logits(lr_logits(idx), labels[idx]))
+    with torch.no_grad():
+        lr_auc = binary_auroc(lr_logits(slice(LEARN_ROWS, None)), labels[LEARN_ROWS:].long()).item()
+    return schema, dense, ids, labels, lr_auc
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_learns_beyond_logistic_regression(name: str, learn_data) -> None:  # type: ignore[no-untyped-def]
+    schema, dense, ids, labels, lr_auc = learn_data
+    member = build_member(small_spec(name), schema, name="m0")
+    keys = schema.sparse_names
+    _train(list(member.parameters()), lambda idx: _loss(member, keys, dense[idx], ids[idx], labels[idx]))
+    test = slice(LEARN_ROWS, None)
+    with torch.no_grad():
+        logits = member(dense[test], kjt_from_ids(ids[test], schema.sparse_names))
+    auc = binary_auroc(logits, labels[test].long()).item()
+    assert auc > lr_auc + LEARN_MARGIN, f"{name}: test AUC {auc:.4f} vs logistic regression {lr_auc:.4f}"
+
+
+# -- bad specs --
+
+
+def test_unknown_model_lists_valid_models() -> None:
+    with pytest.raises(SpecError, match="valid models: " + ", ".join(NAMES)):
+        build_member("nosuchmodel:mlp=8", toy_schema())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_key_lists_valid_keys(name: str) -> None:
+    with pytest.raises(SpecError, match="unknown key 'nosuchkey'; valid keys: ") as err:
+        build_member(f"{name}:nosuchkey=1", toy_schema())
+    for f in dataclasses.fields(MODELS[name].config):
+        assert f.name in str(err.value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_value_type(name: str) -> None:
+    with pytest.raises(SpecError, match="bad value 'x1' for seed"):
+        build_member(f"{name}:seed=x1", toy_schema())
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("ipnn:mlp=32-0", "mlp sizes must be positive"),
+        ("deepfm:mlp=0", "mlp sizes must be positive"),
+        ("dcn:cross_layers=0", "cross_layers must be >= 1"),
+        ("dcnv2:low_rank=-1", "low_rank must be >= 0"),
+        ("finalmlp:mlp=32-16,num_heads=3", "num_heads=3 must divide mlp's last width 16"),
+        ("finalmlp:mlp=32-16,mlp2=10,num_heads=4", "must divide mlp2's last width 10"),
+        ("finalmlp:mlp=", "mlp must not be empty"),
+    ],
+)
+def test_bad_values_are_one_line_errors(spec: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message) as err:
+        build_member(spec, toy_schema())
+    assert "\n" not in str(err.value)
+
+
+# -- model-specific maths, against direct (slow) formulas --
+
+
+def test_ipnn_pairs_are_inner_products() -> None:
+    tokens = torch.randn(3, 4, 5)
+    out = InnerProductInteraction(num_tokens=4, dim=5)(tokens)
+    pairs = [(tokens[:, i] * tokens[:, j]).sum(-1) for i, j in itertools.combinations(range(4), 2)]
+    torch.testing.assert_close(out, torch.cat([tokens.flatten(1), torch.stack(pairs, 1)], 1))
+
+
+def test_fm_second_order_is_sum_of_pairs() -> None:
+    tokens = torch.randn(3, 4, 5)
+    expected = sum((tokens[:, i] * tokens[:, j]).sum(-1) for i, j in itertools.combinations(range(4), 2))
+    torch.testing.assert_close(fm_second_order(tokens), expected)
+
+
+def test_dcn_cross_layer_formula() -> None:
+    """One DCN layer is x0 * (x·w) + b + x."""
+    cross = VectorCrossNet(in_features=6, num_layers=1)
+    torch.nn.init.normal_(cross.bias[0])
+    x0 = torch.randn(4, 6)
+    w, b = cross.kernels[0].squeeze(1), cross.bias[0].squeeze(1)
+    torch.testing.assert_close(cross(x0), x0 * (x0 @ w).unsqueeze(1) + b + x0)
+
+
+def test_bilinear_aggregation_heads() -> None:
+    agg = BilinearAggregation(8, 4, num_heads=2)
+    x1, x2 = torch.randn(3, 8), torch.randn(3, 4)
+    expected = agg.linear(torch.cat([x1, x2], 1)).squeeze(1)
+    for h in range(2):
+        expected = expected + ((x1[:, 4 * h : 4 * h + 4] @ agg.weight[h]) * x2[:, 2 * h : 2 * h + 2]).sum(1)
+    torch.testing.assert_close(agg(x1, x2), expected)
