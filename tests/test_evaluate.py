@@ -1,0 +1,380 @@
+"""Evaluation: exact AUC/logloss, the ensemble report, and gathering rows over 2 gloo ranks."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from recsys.ensemble import EnsembleGroup, build_group, member_names
+from recsys.evaluate import (
+    EnsembleReport,
+    assemble_member_logits,
+    auc_score,
+    evaluate_batches,
+    gather_rows,
+    logloss_score,
+    report_markdown,
+    score,
+    write_report,
+)
+from tests.dist_harness import run_ranks
+from recsys.data.batch import batch_from_arrays
+from tests.toy_data import toy_arrays, toy_batches, toy_schema
+
+
+def _pairwise_auc(s: list[float], y: list[float]) -> float:
+    """The definition: P(score_pos > score_neg) + 1/2 P(tie), over all pos/neg pairs."""
+    pos = [a for a, l in zip(s, y) if l == 1]
+    neg = [a for a, l in zip(s, y) if l == 0]
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def test_auc_by_hand_with_ties():
+    # pos 0.4 vs neg 0.1 -> 1, pos 0.4 vs neg 0.4 -> 1/2, pos 0.8 vs both -> 2  => 3.5 / 4
+    assert auc_score(torch.tensor([0.1, 0.4, 0.4, 0.8]), torch.tensor([0.0, 0.0, 1.0, 1.0])) == 0.875
+    assert auc_score(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 1.0, 1.0])) == 1.0
+    assert auc_score(torch.tensor([3.0, 2.0, 1.0]), torch.tensor([0.0, 1.0, 1.0])) == 0.0
+    assert auc_score(torch.tensor([5.0, 5.0, 5.0, 5.0]), torch.tensor([0.0, 1.0, 1.0, 0.0])) == 0.5
+    assert math.isnan(auc_score(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 1.0])))
+
+
+def test_auc_matches_pairwise_definition_on_heavy_ties():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randint(0, 6, (300,), generator=g).float()  # 6 distinct scores: mostly ties
+    y = (torch.rand(300, generator=g) < 0.4).float()
+    assert math.isclose(auc_score(s, y), _pairwise_auc(s.tolist(), y.tolist()), rel_tol=0, abs_tol=1e-12)
+
+
+def test_auc_agrees_with_torchmetrics_where_it_is_exact():
+    from torchmetrics.functional.classification import binary_auroc
+
+    g = torch.Generator().manual_seed(1)
+    p = torch.rand(2000, generator=g).round(decimals=2)  # probabilities in [0, 1] with ties
+    y = (torch.rand(2000, generator=g) < p).long()
+    assert math.isclose(auc_score(p, y.float()), float(binary_auroc(p, y)), abs_tol=1e-6)
+
+
+def test_logloss_by_hand():
+    z = torch.tensor([0.0, 2.0, -1.0])
+    y = torch.tensor([1.0, 0.0, 0.0])
+    by_hand = -(math.log(0.5) + math.log(1 - 1 / (1 + math.exp(-2))) + math.log(1 - 1 / (1 + math.exp(1)))) / 3
+    assert math.isclose(logloss_score(z, y), by_hand, rel_tol=1e-12)
+    # Large logits stay finite (computed from logits, not from saturated probabilities).
+    assert math.isclose(logloss_score(torch.tensor([-40.0]), torch.tensor([1.0])), 40.0, rel_tol=1e-12)
+
+
+def _toy_logits(n: int = 400, m: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.rand(n, generator=g) < 0.3).float()
+    x = (2 * y - 1)[:, None] * torch.rand(m, generator=g) + 1.5 * torch.randn(n, m, generator=g)
+    return x, y
+
+
+def test_score_members_groups_ensemble_curve():
+    x, y = _toy_logits()
+    names = ["m0_a", "m1_b", "m2_c", "m3_d"]
+    groups = [[0, 3], [1], [2]]
+    rep = score(x, y, names, groups)
+    assert len(rep.curve) == 4 and len(rep.members) == 4 and len(rep.group_metrics) == 3
+    for j in range(4):
+        assert rep.members[j].auc == _pairwise_auc(x[:, j].tolist(), y.tolist())
+        assert math.isclose(rep.members[j].logloss, logloss_score(x[:, j], y), rel_tol=1e-12)
+    g0 = (x[:, 0].double() + x[:, 3].double()) / 2
+    assert math.isclose(rep.group_metrics[0].auc, _pairwise_auc(g0.tolist(), y.tolist()), abs_tol=1e-12)
+    assert rep.group_metrics[1] == rep.members[1]
+    ens = x.double().sum(1) / 4
+    assert math.isclose(rep.ensemble.auc, _pairwise_auc(ens.tolist(), y.tolist()), abs_tol=1e-12)
+    assert rep.curve[3] == rep.ensemble
+    assert rep.curve[0] == rep.members[0]
+    c2 = (x[:, 0].double() + x[:, 1].double()) / 2
+    assert math.isclose(rep.curve[1].logloss, logloss_score(c2, y), rel_tol=1e-12)
+    # Averaging diverse members helps on this data: the ensemble beats the mean member.
+    assert rep.ensemble.auc > sum(m.auc for m in rep.members) / 4
+
+
+def test_score_rejects_bad_input():
+    x, y = _toy_logits(n=10, m=2)
+    with pytest.raises(ValueError, match="2 member columns"):
+        score(x, y, ["a"], [[0]])
+    with pytest.raises(ValueError, match="0 or 1"):
+        score(x, y * 2, ["a", "b"], [[0, 1]])
+    with pytest.raises(ValueError, match="9 labels for 10 rows"):
+        score(x, y[:9], ["a", "b"], [[0, 1]])
+
+
+def test_write_report_files_parse(tmp_path):
+    x, y = _toy_logits(m=3)
+    rep = score(x, y, ["m0_a", "m1_b", "m2_c"], [[0, 1], [2]], extra={"split": "test"})
+    paths = write_report(rep, tmp_path / "run")
+    d = json.loads(paths["json"].read_text())
+    assert [c["m"] for c in d["curve"]] == [1, 2, 3]
+    assert d["ensemble"]["auc"] == rep.ensemble.auc
+    back = EnsembleReport.from_json(d)
+    assert back.curve == rep.curve and back.names == rep.names and back.groups == [[0, 1], [2]]
+    md = paths["md"].read_text()
+    assert md == report_markdown(rep)
+    assert "| member 1 | m1_b |" in md and "| group 0 | m0_a, m1_b |" in md
+    assert f"{rep.ensemble.auc:.5f}" in md
+    assert md.count("\n| ") == 3 + 2 + 1 + 3 + 2  # members, groups, ensemble, curve rows, 2 headers
+    import matplotlib.image
+
+    img = matplotlib.image.imread(paths["png"])
+    assert img.shape[0] > 100 and img.shape[1] > 100
+    assert not list((tmp_path / "run").glob("*.tmp*"))
+
+
+def test_report_json_writes_nan_as_null(tmp_path):
+    x = torch.randn(5, 2)
+    rep = score(x, torch.ones(5), ["a", "b"], [[0, 1]])  # one class only: AUC undefined
+    d = json.loads(write_report(rep, tmp_path)["json"].read_text())
+    assert d["ensemble"]["auc"] is None and d["ensemble"]["logloss"] > 0
+
+
+# --------------------------------------------------------------------- 2 gloo ranks
+
+N_ROWS = 37
+SPECS = ["fnn:mlp=8,seed=1", "fnn:mlp=8,seed=2", "fnn:mlp=4,seed=3"]
+
+
+def _dist_checks(rank: int, world: int) -> dict:
+    out: dict = {}
+    # 1. gather_rows: uneven blocks [0, 12) and [12, 37), 2-D rows.
+    start, stop = (0, 12) if rank == 0 else (12, N_ROWS)
+    local = torch.arange(start, stop, dtype=torch.float32)[:, None] * torch.tensor([1.0, -1.0])
+    full = gather_rows(local, start, N_ROWS, group=None)
+    out["all"] = full
+    out["dst"] = gather_rows(local, start, N_ROWS, group=None, dst=0)
+    # A rank with no rows is fine; bad tilings are errors on the receiving rank.
+    empty_ok = gather_rows(local[:0] if rank == 1 else full, 0, N_ROWS, group=None)
+    out["empty_ok"] = empty_ok
+    try:
+        gather_rows(local, 0, N_ROWS, group=None)  # both ranks claim row 0
+        out["overlap_error"] = None
+    except ValueError as e:
+        out["overlap_error"] = str(e)
+
+    # 2. Parallel schedule: group 0 = members [0, 2] on rank 0, group 1 = member [1] on rank 1.
+    schema = toy_schema(num_fields=3, vocab=10, num_dense=1)
+    names = member_names(SPECS)
+    idx = [0, 2] if rank == 0 else [1]
+    group = build_group(SPECS, names, idx, schema)
+    res = evaluate_batches(group, toy_batches(schema, N_ROWS, 8, seed=3), row_start=0, num_rows=N_ROWS,
+                           columns=idx, num_members=3, dst=0)
+    out["parallel"] = (res.member_logits, res.labels, res.timings)
+
+    # 3. Sequential schedule: every group on both ranks, each rank its own uneven row range,
+    #    so rank 0 runs 2 batches and rank 1 runs 3 (the dummy-forward path).
+    rows = (0, 10) if rank == 0 else (10, N_ROWS)
+    all_batches = next(toy_batches(schema, N_ROWS, N_ROWS, seed=3))
+    dense, sparse, labels = toy_arrays(schema, N_ROWS, seed=3)
+    mine = [batch_from_arrays(dense[i : min(i + 8, rows[1])], sparse[i : min(i + 8, rows[1])],
+                              labels[i : min(i + 8, rows[1])], schema.sparse_names) for i in range(rows[0], rows[1], 8)]
+    groups = [[0, 2], [1]]
+    blocks, cols = [], []
+    for g in groups:
+        gm = build_group(SPECS, names, g, schema)
+        gm.eval()
+        with torch.no_grad():
+            blocks.append(torch.cat([gm(b.dense_features, b.sparse_features) for b in mine]))
+        cols += g
+    lab = torch.cat([b.labels for b in mine])
+    seq = assemble_member_logits(torch.cat(blocks, 1), lab, rows[0], N_ROWS, cols, 3, dst=None)
+    out["sequential"] = seq
+    res2 = evaluate_batches(EnsembleGroup(list(build_group(SPECS, names, [0, 1, 2], schema).members.values())),
+                            mine, row_start=rows[0], num_rows=N_ROWS, columns=[0, 1, 2], num_members=3,
+                            group=None, dst=1)
+    out["seq_dst1"] = res2.member_logits
+    out["reference"] = (all_batches, names)
+    return out
+
+
+def test_two_rank_gather_and_assembly():
+    r0, r1 = run_ranks(_dist_checks, 2)
+    expected = torch.arange(N_ROWS, dtype=torch.float32)[:, None] * torch.tensor([1.0, -1.0])
+    for r in (r0, r1):
+        assert torch.equal(r["all"], expected)  # every row exactly once, in order
+        assert "overlaps row" in r["overlap_error"] or "gap" in r["overlap_error"]
+    assert torch.equal(r0["dst"], expected) and r1["dst"] is None
+    assert torch.equal(r0["empty_ok"], expected)
+
+    # The assembled matrix equals the single-process logits of every member, in config order.
+    schema = toy_schema(num_fields=3, vocab=10, num_dense=1)
+    batch, names = r0["reference"]
+    ref = build_group(SPECS, names, [0, 1, 2], schema).eval()
+    with torch.no_grad():
+        want = ref(batch.dense_features, batch.sparse_features)
+    logits, labels, timings = r0["parallel"]
+    torch.testing.assert_close(logits, want, rtol=0, atol=1e-6)
+    assert torch.equal(labels, batch.labels)
+    assert set(timings) == {"forward", "wait", "gather", "merge"} and timings["forward"] > 0
+    assert r1["parallel"][0] is None
+
+    for r in (r0, r1):  # dst=None: every rank gets it
+        seq_logits, seq_labels = r["sequential"]
+        torch.testing.assert_close(seq_logits, want, rtol=0, atol=1e-6)
+        assert torch.equal(seq_labels, batch.labels)
+    assert r0["seq_dst1"] is None
+    torch.testing.assert_close(r1["seq_dst1"], want, rtol=0, atol=1e-6)
+
+
+def _assembly_errors(rank: int, world: int) -> list[str]:
+    errs = []
+    x = torch.zeros(5, 1)
+    y = torch.zeros(5)
+    # Both ranks score member 0 on the same rows; member 1 never.
+    for cols, labels in (([0], y), ([rank], y + rank)):
+        try:
+            assemble_member_logits(x, labels, 0, 5, cols, 2, dst=None)
+            errs.append("")
+        except ValueError as e:
+            errs.append(str(e))
+    # Member 0 on rank 0, member 1 on rank 1 but only rows [0, 3): rows 3, 4 of member 1 missing.
+    n = 5 if rank == 0 else 3
+    try:
+        assemble_member_logits(x[:n], y[:n], 0, 5, [rank], 2, dst=None)
+        errs.append("")
+    except ValueError as e:
+        errs.append(str(e))
+    return errs
+
+
+def test_two_rank_assembly_detects_double_and_missing_cells_and_label_mismatch():
+    e0, _ = run_ranks(_assembly_errors, 2)
+    assert "member 0 row 0 was scored 2 times" in e0[0]
+    assert "different label for row 0" in e0[1]
+    assert "member 1 row 3 was scored 0 times" in e0[2] and "2 cells bad" in e0[2]
+
+
+# --------------------------------------------------------------------- npy split + CLI
+
+def _write_split(d, n: int, split: str = "val"):
+    """The same rows as train, val and test (configs require all three), in the npy layout."""
+    import dataclasses
+
+    import numpy as np
+
+    schema = toy_schema(num_fields=3, vocab=10, num_dense=1)
+    dense, sparse, labels = toy_arrays(schema, n, seed=7)
+    dataclasses.replace(schema, splits={"train": n, "val": n, "test": n}).save(d)
+    for name in ("train", "val", "test"):
+        np.save(d / f"{name}_dense.npy", dense)
+        np.save(d / f"{name}_sparse.npy", sparse)
+        np.save(d / f"{name}_labels.npy", labels)
+    return schema, batch_from_arrays(dense, sparse, labels, schema.sparse_names)
+
+
+def _split_checks(rank: int, world: int, data_dir: str) -> dict:
+    from recsys.evaluate import evaluate_split
+
+    schema = toy_schema(num_fields=3, vocab=10, num_dense=1)
+    names = member_names(SPECS)
+    # Parallel: rank r is group r (1 rank each), both score all rows; assembled over the world.
+    idx = [0, 2] if rank == 0 else [1]
+    par = evaluate_split(build_group(SPECS, names, idx, schema), data_dir, "val", 8,
+                         columns=idx, num_members=3, group_rank=0, group_size=1)
+    # Sequential: one group of all members on both ranks, 21 + 20 rows.
+    seq = evaluate_split(build_group(SPECS, names, [0, 1, 2], schema), data_dir, "val", 8,
+                         columns=[0, 1, 2], num_members=3, group_rank=rank, group_size=2, dst=None)
+    return {"par": par.member_logits, "seq": seq.member_logits, "labels": seq.labels,
+            "rows": seq.num_local_rows, "fraction": par.gather_fraction}
+
+
+def test_two_rank_evaluate_split_on_npy(tmp_path):
+    schema, batch = _write_split(tmp_path, 41)
+    r0, r1 = run_ranks(_split_checks, 2, str(tmp_path))
+    ref = build_group(SPECS, member_names(SPECS), [0, 1, 2], schema).eval()
+    with torch.no_grad():
+        want = ref(batch.dense_features, batch.sparse_features)
+    torch.testing.assert_close(r0["par"], want, rtol=0, atol=1e-6)
+    assert r1["par"] is None
+    for r in (r0, r1):
+        torch.testing.assert_close(r["seq"], want, rtol=0, atol=1e-6)
+        assert torch.equal(r["labels"], batch.labels)
+    assert (r0["rows"], r1["rows"]) == (21, 20)
+    assert 0 <= r0["fraction"] < 1
+
+
+def _save_checkpoints(rank: int, world: int, ckpt_root: str, specs: list, groups: list) -> None:
+    from pathlib import Path
+
+    from recsys.checkpoint import GroupCheckpointer, TrainState
+    from recsys.ensemble import GroupTrain
+
+    schema = toy_schema(num_fields=3, vocab=10, num_dense=1)
+    names = member_names(specs)
+    for k, idx in enumerate(groups):
+        model = GroupTrain(build_group(specs, names, idx, schema))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * (k + 1))  # "trained": differs from the seeded init
+        opt = torch.optim.Adam(model.parameters())
+        GroupCheckpointer(Path(ckpt_root) / f"group{k}", None, group_rank=0).save(
+            5, model, opt, TrainState(step=5, best_auc=0.6, best_step=5), {}, is_best=True)
+
+
+def test_cli_evaluates_saved_checkpoints(tmp_path, capsys):
+    from recsys import evaluate
+
+    data = tmp_path / "data"
+    data.mkdir()
+    schema, batch = _write_split(data, 30, split="test")
+    groups = [[0, 2], [1]]
+    run_ranks(_save_checkpoints, 1, str(tmp_path / "ckpt"), SPECS, groups)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'name = "t"\ndata_dir = "{data}"\nmembers = {SPECS!r}\ngroups = {groups!r}\n'.replace("'", '"'))
+    rc = evaluate.main(["--config", str(cfg), "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")])
+    assert rc == 0, capsys.readouterr()
+    d = json.loads((tmp_path / "out" / "test_results.json").read_text())
+    assert [m["name"] for m in d["members"]] == member_names(SPECS)
+    assert (tmp_path / "out" / "test_auc_vs_m.png").is_file()
+    # The reported AUCs are those of the checkpointed (shifted) weights, not of the seeded init.
+    names = member_names(SPECS)
+    want = []
+    for j in range(3):
+        k = 0 if j in groups[0] else 1
+        m = build_group(SPECS, names, [j], schema).eval()
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.01 * (k + 1))
+            want.append(m(batch.dense_features, batch.sparse_features)[:, 0])
+    rep = score(torch.stack(want, 1), batch.labels, names, groups)
+    assert [m["auc"] for m in d["members"]] == pytest.approx([m.auc for m in rep.members], abs=1e-9)
+    assert d["ensemble"]["logloss"] == pytest.approx(rep.ensemble.logloss, rel=1e-5)
+    # Missing checkpoints: one-line error, exit code 2.
+    assert evaluate.main(["--config", str(cfg), "--checkpoint", str(tmp_path / "nope")]) == 2
+    assert "no complete checkpoint" in capsys.readouterr().err
+
+
+DMP_SPECS = ["fnn:mlp=8,seed=1", "dcnv2:mlp=8,seed=2,cross_layers=1"]
+
+
+def _dmp_eval(rank: int, world: int) -> tuple:
+    from recsys.distributed import EmbeddingOptimizerConfig, ShardingConfig, init_distributed, shard_module
+    from recsys.ensemble import GroupTrain
+
+    env = init_distributed("cpu")
+    schema = toy_schema(num_fields=3, vocab=10, num_dense=1)
+    dmp = shard_module(GroupTrain(build_group(DMP_SPECS, member_names(DMP_SPECS), [0, 1], schema)), None, env,
+                       EmbeddingOptimizerConfig(), ShardingConfig("row_wise"))
+    d, s, y = toy_arrays(schema, 45, seed=2)
+    lo, hi = (0, 25) if rank == 0 else (25, 45)  # 4 batches vs 3: rank 1 must run one discarded forward
+    batches = [batch_from_arrays(d[i : min(i + 8, hi)], s[i : min(i + 8, hi)], y[i : min(i + 8, hi)], schema.sparse_names)
+               for i in range(lo, hi, 8)]
+    kw = dict(row_start=lo, num_rows=45, columns=[0, 1], num_members=2, dst=0)
+    with_len = evaluate_batches(dmp, batches, **kw).member_logits  # batch counts agreed up front
+    no_len = evaluate_batches(dmp, iter(batches), **kw).member_logits  # agreed step by step
+    return with_len, no_len
+
+
+def test_two_rank_sharded_group_uneven_batches_does_not_hang():
+    (with_len, no_len), _ = run_ranks(_dmp_eval, 2, timeout=90)
+    schema = toy_schema(num_fields=3, vocab=10, num_dense=1)
+    d, s, y = toy_arrays(schema, 45, seed=2)
+    b = batch_from_arrays(d, s, y, schema.sparse_names)
+    with torch.no_grad():
+        want = build_group(DMP_SPECS, member_names(DMP_SPECS), [0, 1], schema).eval()(b.dense_features, b.sparse_features)
+    torch.testing.assert_close(with_len, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(no_len, want, rtol=0, atol=1e-5)
