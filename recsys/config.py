@@ -1,0 +1,302 @@
+"""The experiment config: one TOML file (parsed with ``tomllib``) -> ``ExperimentConfig``.
+
+Every check that can fail on user input runs in ``load_config``, in the launching
+process and before any process group exists, so a typo costs a one-line error and
+not a hung torchrun world.
+
+Example (``configs/demo.toml``)::
+
+    name = "demo"
+    data_dir = "data/demo/criteo"
+    members = ["fnn:mlp=64-32,seed=1", "fnn:mlp=64-32,seed=2", "fnn:mlp=32,seed=3", "fnn:mlp=32,seed=4"]
+    groups = [[0, 1], [2, 3]]      # default: one group per member (K = M)
+
+    [train]
+    batch_size = 512               # global batch of one group (split over its ranks)
+    epochs = 3
+    patience = 1                   # stop at the first epoch without a val-AUC gain
+
+    [dense_optimizer]              # torch.optim.Adam on the dense parameters
+    lr = 1e-3
+
+    [embedding_optimizer]          # TorchRec fused optimizer; "auto" = rowwise_adagrad on CPU, adam on GPU
+    name = "auto"
+
+``load_config(path, ["train.epochs=1", "seed=3"])`` applies ``--set`` overrides
+(values are TOML literals; bare words are strings).
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from recsys.data.schema import Schema, SchemaError
+from recsys.models.registry import MODELS
+from recsys.models.spec import SpecError, parse_spec
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be run; the message is one line naming the file and the bad value."""
+
+
+EMBEDDING_OPTIMIZERS = ("auto", "rowwise_adagrad", "adagrad", "sgd", "adam")
+SHARDING_TYPES = (None, "table_wise", "row_wise", "column_wise")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """Loop knobs.  ``batch_size`` is the global batch of one group, so a group sees the
+    same batches whether it runs on 1 rank or on all of them (schedule independence)."""
+
+    batch_size: int = 4096
+    eval_batch_size: int = 0  # 0 = same as batch_size
+    epochs: int = 10
+    patience: int = 1  # epochs without val-AUC gain before stopping; 0 disables early stopping
+    eval_interval: int = 0  # also evaluate (val) every N steps; 0 = only at epoch ends
+    checkpoint_interval: int = 0  # also checkpoint every N steps mid-epoch; 0 = only at epoch ends
+    max_steps_per_epoch: int = 0  # 0 = the whole split; >0 caps it (smoke runs, benchmarks)
+    shuffle: bool = True
+    pipeline: bool = True  # TrainPipelineSparseDist (overlaps input dist with compute)
+    log_every: int = 10  # TensorBoard train-loss interval, in steps
+
+
+@dataclass
+class DenseOptimizerConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclass
+class EmbeddingOptimizerSection:
+    """Becomes ``recsys.distributed.EmbeddingOptimizerConfig`` once the device is known."""
+
+    name: str = "auto"
+    lr: float = 0.01
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+    def resolve(self, device_type: str) -> Any:
+        from recsys.distributed import EmbeddingOptimizerConfig
+
+        name = self.name
+        if name == "auto":
+            # Adam on embeddings is what the reference trains with; TorchRec's CPU kernels
+            # only fuse the Adagrad/SGD family, so CPU defaults to row-wise Adagrad.
+            name = "adam" if device_type == "cuda" else "rowwise_adagrad"
+        return EmbeddingOptimizerConfig(name=name, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
+
+
+@dataclass
+class ShardingSection:
+    sharding_type: str | None = None  # None / "auto" = the planner chooses
+
+    def resolve(self) -> Any:
+        from recsys.distributed import ShardingConfig
+
+        return ShardingConfig(sharding_type=self.sharding_type)
+
+
+@dataclass
+class ExperimentConfig:
+    data_dir: str
+    members: list[str]
+    groups: list[list[int]] = field(default_factory=list)  # filled with one group per member
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"
+    log_dir: str = "runs"
+    checkpoint_dir: str = "checkpoints"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dense_optimizer: DenseOptimizerConfig = field(default_factory=DenseOptimizerConfig)
+    embedding_optimizer: EmbeddingOptimizerSection = field(default_factory=EmbeddingOptimizerSection)
+    sharding: ShardingSection = field(default_factory=ShardingSection)
+    source: str = "<config>"  # the file it came from, for messages
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.log_dir) / self.name
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return Path(self.checkpoint_dir) / self.name
+
+    @property
+    def member_names(self) -> list[str]:
+        from recsys.ensemble import member_names
+
+        return member_names(self.members)
+
+    def hparams(self) -> dict[str, Any]:
+        """Flat scalar/str dict for TensorBoard's hparams plugin."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "data_dir": self.data_dir,
+            "members": ";".join(self.members),
+            "groups": str(self.groups),
+            "num_members": len(self.members),
+            "num_groups": len(self.groups),
+            "seed": self.seed,
+        }
+        for sec in ("train", "dense_optimizer", "embedding_optimizer", "sharding"):
+            for k, v in dataclasses.asdict(getattr(self, sec)).items():
+                out[f"{sec}.{k}"] = "auto" if v is None else v
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+
+_SECTIONS: dict[str, type] = {
+    "train": TrainConfig,
+    "dense_optimizer": DenseOptimizerConfig,
+    "embedding_optimizer": EmbeddingOptimizerSection,
+    "sharding": ShardingSection,
+}
+_TOP = {f.name for f in dataclasses.fields(ExperimentConfig)} - set(_SECTIONS) - {"source"}
+
+
+def _apply_override(raw: dict[str, Any], item: str, src: str) -> None:
+    key, eq, value = item.partition("=")
+    if not eq:
+        raise ConfigError(f"{src}: override {item!r} must look like key=value (e.g. train.epochs=1)")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()  # a bare word: a string
+    parts = key.strip().split(".")
+    node = raw
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{src}: override {item!r}: {p!r} is not a section")
+    node[parts[-1]] = parsed
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    """TOML already types values; this catches e.g. a string where an int belongs."""
+    tp_s = str(tp)
+    if tp_s in ("int", "<class 'int'>") or tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    elif tp is float or tp_s == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        value = float(value)
+    elif tp is bool or tp_s == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    elif tp is str or tp_s == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _build_section(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table [{where.rsplit(' ', 1)[-1]}]")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in raw.items():
+        if k not in fields:
+            raise ConfigError(f"{where}: unknown key {k!r}; valid keys: {', '.join(sorted(fields))}")
+        kwargs[k] = _check_type(v, fields[k].type, f"{where}.{k}")
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<config>", check_data: bool = True) -> ExperimentConfig:
+    """Validates a parsed TOML dict; ``check_data=False`` skips the data-dir check (tests, tools)."""
+    unknown = set(raw) - _TOP - set(_SECTIONS)
+    if unknown:
+        valid = sorted(_TOP | set(_SECTIONS))
+        raise ConfigError(f"{source}: unknown key {sorted(unknown)[0]!r}; valid keys: {', '.join(valid)}")
+    for req in ("data_dir", "members"):
+        if req not in raw:
+            raise ConfigError(f"{source}: missing required key {req!r}")
+    members = raw["members"]
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+        raise ConfigError(f"{source}: 'members' must be a non-empty list of spec strings, got {members!r}")
+    configs = {k: v.config for k, v in MODELS.items()}
+    for i, spec in enumerate(members):
+        try:
+            parse_spec(spec, configs)
+        except SpecError as e:
+            raise ConfigError(f"{source}: members[{i}]: {e}") from None
+
+    from recsys.ensemble import validate_groups
+
+    groups_raw = raw.get("groups")
+    if groups_raw is not None and (
+        not isinstance(groups_raw, list) or not all(isinstance(g, list) for g in groups_raw)
+    ):
+        raise ConfigError(f"{source}: 'groups' must be a list of lists of member indices, got {groups_raw!r}")
+    try:
+        groups = validate_groups(len(members), groups_raw if groups_raw else None)
+    except ValueError as e:
+        raise ConfigError(f"{source}: groups: {e}") from None
+
+    top = {k: _check_type(raw[k], ExperimentConfig.__dataclass_fields__[k].type, f"{source}: {k}")
+           for k in ("name", "seed", "device", "log_dir", "checkpoint_dir", "data_dir") if k in raw}
+    sections = {k: _build_section(cls, raw.get(k, {}), f"{source}: {k}") for k, cls in _SECTIONS.items()}
+    cfg = ExperimentConfig(members=list(members), groups=[list(g) for g in groups], source=source, **top, **sections)
+
+    if cfg.device not in DEVICES:
+        raise ConfigError(f"{source}: device must be one of {', '.join(DEVICES)}, got {cfg.device!r}")
+    if cfg.embedding_optimizer.name not in EMBEDDING_OPTIMIZERS:
+        raise ConfigError(
+            f"{source}: embedding_optimizer.name must be one of {', '.join(EMBEDDING_OPTIMIZERS)}, "
+            f"got {cfg.embedding_optimizer.name!r}"
+        )
+    if cfg.sharding.sharding_type == "auto":
+        cfg.sharding.sharding_type = None
+    if cfg.sharding.sharding_type not in SHARDING_TYPES:
+        raise ConfigError(
+            f"{source}: sharding.sharding_type must be auto, table_wise, row_wise or column_wise, "
+            f"got {cfg.sharding.sharding_type!r}"
+        )
+    t = cfg.train
+    for k in ("batch_size", "epochs"):
+        if getattr(t, k) <= 0:
+            raise ConfigError(f"{source}: train.{k} must be positive, got {getattr(t, k)}")
+    for k in ("eval_batch_size", "patience", "eval_interval", "checkpoint_interval", "max_steps_per_epoch"):
+        if getattr(t, k) < 0:
+            raise ConfigError(f"{source}: train.{k} must be >= 0, got {getattr(t, k)}")
+    if t.log_every <= 0:
+        raise ConfigError(f"{source}: train.log_every must be positive, got {t.log_every}")
+    if not cfg.name or "/" in cfg.name:
+        raise ConfigError(f"{source}: name must be a non-empty string without '/', got {cfg.name!r}")
+    if cfg.dense_optimizer.lr <= 0 or cfg.embedding_optimizer.lr <= 0:
+        raise ConfigError(f"{source}: learning rates must be positive")
+
+    if check_data:
+        try:
+            schema = Schema.load(cfg.data_dir)
+        except SchemaError as e:
+            raise ConfigError(f"{source}: data_dir: {e}") from None
+        missing = [s for s in ("train", "val") if schema.splits and s not in schema.splits]
+        if missing:
+            raise ConfigError(f"{source}: data_dir {cfg.data_dir}: meta.json has no {missing[0]!r} split")
+    return cfg
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = (), check_data: bool = True) -> ExperimentConfig:
+    """Reads, overrides and validates a config; raises ``ConfigError`` with a one-line message.
+
+    A relative ``data_dir`` is taken relative to the current directory (where torchrun runs),
+    not the config file, so the shipped configs work from the repository root.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such config file")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: invalid TOML ({e})") from None
+    for item in overrides:
+        _apply_override(raw, item, str(p))
+    return config_from_dict(raw, source=str(p), check_data=check_data)

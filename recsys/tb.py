@@ -1,0 +1,116 @@
+"""TensorBoard and report output of a training run.
+
+Layout of ``runs/<name>/``::
+
+    events.out.tfevents...      global rank 0: final val/test AUC and logloss per member,
+                                group and ensemble, the AUC-vs-m curve (step = m) and its
+                                PNG as an image, total examples/s, hparams
+    group<k>/events...          the leader of group k: train loss and examples/s, and the
+                                per-epoch val AUC/logloss of its members and its group mean
+    results.md / results.json / auc_vs_m.png            test split (recsys.evaluate.write_report)
+    val_results.md / val_results.json / val_auc_vs_m.png
+    logits_val.pt / logits_test.pt                      {"member_logits": [N, M], "labels": [N]}
+
+Why one writer per group: in the parallel schedule a group's losses live on that
+group's ranks only; gathering them to rank 0 every few steps would couple the
+groups' loops (and deadlock once one group stops early).
+
+Tags (``<m>`` = member name such as ``m0_fnn``)::
+
+    train/loss/group<k>, train/examples_per_s/group<k>           (group<k>/)
+    val/auc/<m>, val/auc/group<k>, val/logloss/...               (group<k>/, per epoch)
+    final_val/auc/{<m>,group<k>,ensemble}, final_val/logloss/... (run dir)
+    test/auc/{<m>,group<k>,ensemble}, test/logloss/...           (run dir)
+    test/auc_vs_m, test/logloss_vs_m, val/auc_vs_m               (run dir, step = m)
+    train/examples_per_s, train/member_examples_per_s            (run dir, whole ensemble)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from recsys.config import ExperimentConfig
+
+
+class RunLogger:
+    """Global rank 0's writer: final metrics, curve, plot, hparams, report files."""
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = cfg
+        self.run_dir = cfg.run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(log_dir=str(self.run_dir))
+
+    @staticmethod
+    def group_writer(cfg: ExperimentConfig, k: int) -> SummaryWriter:
+        return SummaryWriter(log_dir=str(cfg.run_dir / f"group{k}"))
+
+    def _log_report(self, prefix: str, report: Any) -> None:
+        w = self.writer
+        for name, m in zip(report.names, report.members):
+            w.add_scalar(f"{prefix}/auc/{name}", m.auc, 0)
+            w.add_scalar(f"{prefix}/logloss/{name}", m.logloss, 0)
+        for k, m in enumerate(report.group_metrics):
+            w.add_scalar(f"{prefix}/auc/group{k}", m.auc, 0)
+            w.add_scalar(f"{prefix}/logloss/group{k}", m.logloss, 0)
+        w.add_scalar(f"{prefix}/auc/ensemble", report.ensemble.auc, 0)
+        w.add_scalar(f"{prefix}/logloss/ensemble", report.ensemble.logloss, 0)
+
+    def final(
+        self,
+        val: tuple[torch.Tensor, torch.Tensor],
+        test: tuple[torch.Tensor, torch.Tensor],
+        examples_per_s: float,  # member-examples/s of the whole ensemble
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Scores the merged [N, M] logits of both splits, writes reports and TensorBoard."""
+        import matplotlib.pyplot as plt
+
+        from recsys.evaluate import score, write_report
+
+        cfg, w = self.cfg, self.writer
+        names = cfg.member_names
+        extra = dict(extra or {})
+        val_rep = score(val[0], val[1], names, cfg.groups, extra={"split": "val", **extra})
+        test_rep = score(test[0], test[1], names, cfg.groups, extra={"split": "test", **extra})
+        write_report(val_rep, self.run_dir, prefix="val_")
+        paths = write_report(test_rep, self.run_dir)
+        torch.save({"member_logits": val[0], "labels": val[1]}, self.run_dir / "logits_val.pt")
+        torch.save({"member_logits": test[0], "labels": test[1]}, self.run_dir / "logits_test.pt")
+
+        self._log_report("final_val", val_rep)
+        self._log_report("test", test_rep)
+        for i, (mv, mt) in enumerate(zip(val_rep.curve, test_rep.curve)):
+            w.add_scalar("val/auc_vs_m", mv.auc, i + 1)
+            w.add_scalar("test/auc_vs_m", mt.auc, i + 1)
+            w.add_scalar("test/logloss_vs_m", mt.logloss, i + 1)
+        w.add_image("test/auc_vs_m_plot", plt.imread(paths["png"])[..., :3], 0, dataformats="HWC")
+        w.add_scalar("train/member_examples_per_s", examples_per_s, 0)
+        w.add_scalar("train/examples_per_s", examples_per_s / len(names), 0)
+        self._log_hparams(
+            {
+                "hparam/test_auc_ensemble": test_rep.ensemble.auc,
+                "hparam/test_logloss_ensemble": test_rep.ensemble.logloss,
+                "hparam/val_auc_ensemble": val_rep.ensemble.auc,
+            }
+        )
+        w.flush()
+        return {"val": val_rep.to_json(), "test": test_rep.to_json(), "paths": {k: str(v) for k, v in paths.items()}}
+
+    def _log_hparams(self, metrics: dict[str, float]) -> None:
+        # SummaryWriter.add_hparams opens a second writer in a timestamped subdirectory, which
+        # splits one run into two in TensorBoard; writing the three hparams summaries into this
+        # run's own event file keeps hparams and scalars together.
+        from torch.utils.tensorboard.summary import hparams
+
+        exp, ssi, sei = hparams(self.cfg.hparams(), metrics)
+        fw = self.writer._get_file_writer()
+        for s in (exp, ssi, sei):
+            fw.add_summary(s)
+        for k, v in metrics.items():
+            self.writer.add_scalar(k, v, 0)
+
+    def close(self) -> None:
+        self.writer.close()

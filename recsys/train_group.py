@@ -1,0 +1,557 @@
+"""Grouped ensemble training: the entry point that torchrun / TorchX launch.
+
+M members in K groups; each group trains on the BCE of its members' mean logit,
+as one ``EnsembleGroup`` sharded by DMP over the group's ranks.  With W ranks,
+``group_schedule`` gives every group its own W/K ranks and process group when
+W >= K and W % K == 0 (the groups then train in parallel); otherwise the groups
+train one after another on all ranks.  A member's result does not depend on
+the schedule: weights come from the member's seeded spec, ``train.batch_size``
+is the group's global batch (split over its ranks), and the data order comes
+from the config seed.
+
+After training, every group restores its best checkpoint (by validation AUC,
+the reference's early stopping), scores the same validation and test rows, and
+global rank 0 merges all members' logits and writes the report, the AUC-vs-m
+plot and TensorBoard.
+
+Examples::
+
+    # 2 ranks, 2 groups in parallel (one rank each), under TorchX:
+    torchx run -s local_cwd dist.ddp -j 1x2 --script recsys/train_group.py -- --config configs/demo.toml
+    # the same with torchrun, or in one process (groups then train one after another):
+    torchrun --nproc_per_node 2 recsys/train_group.py --config configs/demo.toml
+    python recsys/train_group.py --config configs/demo.toml --set train.epochs=1
+    # TorchX's short form (script from .torchxconfig; with no --config it trains configs/demo.toml):
+    torchx run -s local_cwd dist.ddp -j 1x2 recsys/train_group.py
+    torchx run -s local_cwd dist.ddp -j 1x2 recsys/train_group.py --config configs/paper_homogeneous.toml
+    # continue a killed run from its latest checkpoint:
+    torchrun --nproc_per_node 2 recsys/train_group.py --config configs/demo.toml --resume
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+if __package__ in (None, ""):
+    # `python recsys/train_group.py` / torchrun with a script path: make `recsys` importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.fx
+import torch.nn.functional as F
+from torchrec.datasets.utils import Batch
+
+from recsys.config import ConfigError, ExperimentConfig, load_config
+from recsys.ensemble import GroupTrain
+
+
+DEFAULT_CONFIG = "configs/demo.toml"
+
+
+@torch.fx.wrap
+def _mean_logit_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """EnsembleGroup.loss's BCE term, as an FX leaf (see ``PipelinedGroupTrain``)."""
+    from recsys.ensemble import merge_logits
+
+    return F.binary_cross_entropy_with_logits(merge_logits(logits), labels.to(logits.dtype))
+
+
+class PipelinedGroupTrain(GroupTrain):
+    """``GroupTrain`` that ``TrainPipelineSparseDist`` can FX-trace.
+
+    The pipeline traces the model to find the sharded EBCs' inputs, and
+    ``merge_logits`` validates its input's shape in Python (``if logits.dim() != 2``),
+    which FX cannot trace ("symbolically traced variables cannot be used as inputs to
+    control flow").  Computing the same loss through an ``fx.wrap``-ed function keeps
+    it one opaque call in the graph.  Same value as ``EnsembleGroup.loss``.
+    """
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        logits = self.group(batch.dense_features, batch.sparse_features)  # [B, M_k]
+        loss = _mean_logit_bce(logits, batch.labels)
+        for m in self.group.members.values():
+            aux = m.auxiliary_loss()
+            if aux is not None:
+                loss = loss + aux
+        return loss, (loss.detach(), logits.detach(), batch.labels)
+
+
+@dataclass
+class GroupRun:
+    """One group as seen from this rank."""
+
+    index: int  # k
+    members: list[int]  # member indices, config order
+    names: list[str]
+    ranks: list[int]  # global ranks training this group
+    pg: Any  # ProcessGroup, or None = the whole world
+    group_rank: int
+    group_world: int
+
+    @property
+    def is_leader(self) -> bool:
+        return self.group_rank == 0
+
+
+@dataclass
+class GroupResult:
+    index: int
+    members: list[int]
+    val: Any  # recsys.evaluate.EvalResult: [N, M_k] logits + labels on the group leader
+    test: Any
+    examples: int  # examples this group trained on in this process (global batch x steps)
+    train_seconds: float  # wall time of its training steps (not eval/checkpoint)
+    best_step: int | None
+
+
+def plan_groups(cfg: ExperimentConfig, env: Any) -> tuple[list[GroupRun], bool]:
+    """-> (the groups this rank trains, in order; whether the schedule is parallel).
+
+    Every rank creates every subgroup (``dist.new_group`` is collective), even
+    those it is not part of.
+    """
+    from recsys.distributed import group_schedule, new_subgroups
+
+    names = cfg.member_names
+    schedule = group_schedule(env.world_size, cfg.groups)
+    runs: list[GroupRun] = []
+    if schedule is not None:
+        pgs = new_subgroups(schedule)
+        for k, ranks in enumerate(schedule):
+            if env.rank in ranks:
+                g = cfg.groups[k]
+                runs.append(GroupRun(k, g, [names[i] for i in g], ranks, pgs[k], ranks.index(env.rank), len(ranks)))
+        return runs, True
+    world = list(range(env.world_size))
+    for k, g in enumerate(cfg.groups):
+        runs.append(GroupRun(k, g, [names[i] for i in g], world, None, env.rank, env.world_size))
+    return runs, False
+
+
+def _segments(total: int, done: int, *intervals: int) -> Iterator[int]:
+    """Splits the remaining steps of an epoch at multiples of the given intervals.
+
+    The train pipeline is drained at each boundary, so a checkpoint taken there
+    has trained exactly the batches the loader handed out.
+    """
+    step = done
+    while step < total:
+        nxt = total
+        for iv in intervals:
+            if iv > 0:
+                nxt = min(nxt, (step // iv + 1) * iv)
+        yield nxt - step
+        step = nxt
+
+
+class GroupTrainer:
+    """Trains one group on this rank: DMP, fused + dense optimizer, pipeline, checkpoints, early stopping."""
+
+    def __init__(self, cfg: ExperimentConfig, env: Any, run: GroupRun, writer: Any, show_progress: bool) -> None:
+        from recsys.checkpoint import GroupCheckpointer
+        from recsys.data.loader import make_loader
+        from recsys.data.schema import Schema
+        from recsys.distributed import make_optimizer, shard_module
+        from recsys.ensemble import build_group
+
+        self.cfg, self.env, self.run, self.writer = cfg, env, run, writer
+        self.show_progress = show_progress
+        t = cfg.train
+        if t.batch_size % run.group_world:
+            raise ConfigError(
+                f"{cfg.source}: train.batch_size={t.batch_size} must be divisible by the group's "
+                f"{run.group_world} ranks"
+            )
+        schema = Schema.load(cfg.data_dir)
+        module = PipelinedGroupTrain(build_group(cfg.members, cfg.member_names, run.members, schema))
+        self.model = shard_module(
+            module, run.pg, env, cfg.embedding_optimizer.resolve(env.device.type), cfg.sharding.resolve()
+        )
+        self.optimizer = make_optimizer(self.model, cfg.dense_optimizer.lr, cfg.dense_optimizer.weight_decay)
+        self.local_batch = t.batch_size // run.group_world
+        self.eval_batch = (t.eval_batch_size or t.batch_size) // run.group_world or 1
+        common = dict(rank=run.group_rank, world_size=run.group_world, prefetch=2)
+        self.train_loader = make_loader(
+            cfg.data_dir, "train", self.local_batch, shuffle=t.shuffle, seed=cfg.seed,
+            drop_last=True, equal_batches=True, **common,
+        )
+        self.ckpt = GroupCheckpointer(Path(cfg.ckpt_dir) / f"group{run.index}", run.pg, run.group_rank)
+        self.pipeline: Any = None
+        if t.pipeline:
+            from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+            self.pipeline = TrainPipelineSparseDist(self.model, self.optimizer, env.device, execute_all_batches=True)
+        self.examples, self.train_seconds = 0, 0.0
+
+    # -- training ---------------------------------------------------------------------------
+    def _train_steps(self, it: Iterator[Any], n: int, on_step: Callable[[torch.Tensor], None]) -> None:
+        """Runs exactly n optimizer steps (n batches from `it`), calling on_step(loss) after each.
+
+        The pipeline is drained at the end (``execute_all_batches``), so afterwards the
+        model has trained on exactly the batches the loader handed out.
+        """
+        done = 0
+        self.model.train()
+        if self.pipeline is not None:
+            seg = _take(it, n)
+            while True:
+                try:
+                    loss_d, _logits, _labels = self.pipeline.progress(seg)
+                except StopIteration:
+                    break
+                done += 1
+                on_step(loss_d)
+        else:  # the plain loop (train.pipeline = false): same math, no overlap
+            for batch in _take(it, n):
+                batch = batch.to(self.env.device)
+                loss, (loss_d, _logits, _labels) = self.model(batch)
+                self.optimizer.zero_grad()
+                loss.backward()
+                self.optimizer.step()
+                done += 1
+                on_step(loss_d)
+        if done != n:
+            raise RuntimeError(f"group {self.run.index}: the loader ran dry after {done} of {n} steps")
+
+    def _detach(self) -> None:
+        # Calling the model directly while the pipeline's PipelinedForward is installed fails
+        # ("Invalid PipelinedForward usage"): give the original forwards back first.
+        if self.pipeline is not None:
+            self.pipeline.detach()
+
+    def _extras(self) -> dict[str, Any]:
+        from recsys.checkpoint import rng_state
+
+        return {"loader": self.train_loader.state_dict(), "rng": rng_state()}
+
+    def _save(self, state: Any, is_best: bool = False) -> None:
+        self._detach()
+        self.ckpt.save(state.step, self.model, self.optimizer, state, self._extras(), is_best=is_best)
+
+    def evaluate(self, split: str) -> Any:
+        """Scores `split` with this group: an EvalResult whose [N, M_k] logits sit on the group leader."""
+        from recsys.evaluate import evaluate_split
+
+        self._detach()
+        mk = len(self.run.members)
+        return evaluate_split(
+            self.model, self.cfg.data_dir, split, self.eval_batch, columns=list(range(mk)), num_members=mk,
+            group=self.run.pg, group_rank=self.run.group_rank, group_size=self.run.group_world,
+            world=self.run.pg, dst=0, device=self.env.device, progress=self.show_progress,
+        )
+
+    def _log_val(self, state: Any, res: Any) -> float:
+        """Val AUC of the group mean (the early-stopping signal), broadcast over the group."""
+        from recsys.evaluate import score
+
+        auc = torch.zeros(1, dtype=torch.float64, device=self.env.device)
+        if res.member_logits is not None:
+            rep = score(res.member_logits, res.labels, self.run.names, [list(range(len(self.run.names)))])
+            auc[0] = rep.group_metrics[0].auc
+            if self.writer is not None:
+                for name, m in zip(rep.names, rep.members):
+                    self.writer.add_scalar(f"val/auc/{name}", m.auc, state.step)
+                    self.writer.add_scalar(f"val/logloss/{name}", m.logloss, state.step)
+                self.writer.add_scalar(f"val/auc/group{self.run.index}", rep.group_metrics[0].auc, state.step)
+                self.writer.add_scalar(f"val/logloss/group{self.run.index}", rep.group_metrics[0].logloss, state.step)
+                self.writer.flush()
+        dist.broadcast(auc, src=self.run.ranks[0], group=self.run.pg)
+        return float(auc[0])
+
+    def fit(self, resume: bool, fail_at_step: int, fail_rank: int) -> None:
+        from tqdm import tqdm
+
+        from recsys.checkpoint import TrainState, set_rng_state
+
+        cfg, t, run = self.cfg, self.cfg.train, self.run
+        # Same seed for every group and rank count, so a member's dropout/shuffle stream does
+        # not depend on the schedule; group_rank keeps ranks of one group decorrelated.
+        torch.manual_seed(cfg.seed * 1000 + run.group_rank)
+        np.random.seed(cfg.seed * 1000 + run.group_rank)
+        state = TrainState()
+        loader_state = None
+        if resume:
+            found = self.ckpt.load_latest(self.model, self.optimizer)
+            if found is not None:
+                state, extras = found
+                set_rng_state(extras["rng"])
+                loader_state = extras.get("loader")
+                if run.is_leader:
+                    print(f"[group {run.index}] resumed from step {state.step} (epoch {state.epoch})", flush=True)
+        n_examples, t_train = 0, 0.0
+        while not state.finished and state.epoch < t.epochs:
+            self.train_loader.set_epoch(state.epoch)
+            if loader_state is not None and not state.epoch_done:
+                self.train_loader.load_state_dict(loader_state)
+            loader_state = None
+            if state.epoch_done:  # resumed right after an epoch-end checkpoint
+                state.epoch, state.epoch_step, state.epoch_done = state.epoch + 1, 0, False
+                continue
+            total = len(self.train_loader)
+            if t.max_steps_per_epoch:
+                total = min(total, t.max_steps_per_epoch)
+            it = iter(self.train_loader)
+            bar = tqdm(
+                total=total, initial=state.epoch_step, disable=not self.show_progress, unit="batch",
+                desc=f"group {run.index} epoch {state.epoch}", dynamic_ncols=True, file=sys.stdout,
+            )
+            window: list[torch.Tensor] = []  # detached losses since the last log (no per-step sync)
+            seg_t0 = time.perf_counter()
+            logged_at = t_train  # training seconds (eval/checkpoint time excluded) at the last log
+
+            def on_step(loss: torch.Tensor) -> None:
+                nonlocal logged_at
+                state.step += 1
+                state.epoch_step += 1
+                window.append(loss)
+                bar.update(1)
+                if state.step % t.log_every == 0 or state.epoch_step == total:
+                    now = t_train + time.perf_counter() - seg_t0
+                    mean_loss = float(torch.stack(window).mean())
+                    eps = len(window) * t.batch_size / max(now - logged_at, 1e-9)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", ex_s=f"{eps:,.0f}")
+                    if self.writer is not None:
+                        self.writer.add_scalar(f"train/loss/group{run.index}", mean_loss, state.step)
+                        self.writer.add_scalar(f"train/examples_per_s/group{run.index}", eps, state.step)
+                    window.clear()
+                    logged_at = now
+                if fail_at_step and state.step >= fail_at_step and self.env.rank == fail_rank:
+                    # Test hook: die like a killed process (no cleanup, no checkpoint).
+                    print(f"\n[rank {self.env.rank}] --fail-at-step {fail_at_step}: exiting", flush=True)
+                    os._exit(17)
+
+            for n in _segments(total, state.epoch_step, t.checkpoint_interval, t.eval_interval):
+                seg_t0 = time.perf_counter()
+                self._train_steps(it, n, on_step)
+                t_train += time.perf_counter() - seg_t0
+                n_examples += n * t.batch_size
+                if state.epoch_step < total:
+                    if t.checkpoint_interval and state.epoch_step % t.checkpoint_interval == 0:
+                        self._save(state)
+                    if t.eval_interval and state.epoch_step % t.eval_interval == 0:
+                        self._log_val(state, self.evaluate("val"))
+            bar.close()
+            auc = self._log_val(state, self.evaluate("val"))
+            improved = auc > state.best_auc
+            if improved:
+                state.best_auc, state.best_step, state.bad_epochs = auc, state.step, 0
+            else:
+                state.bad_epochs += 1
+            state.epoch_done = True
+            if state.epoch + 1 >= t.epochs or (t.patience and state.bad_epochs >= t.patience):
+                state.finished = True
+            if run.is_leader:
+                print(
+                    f"[group {run.index}] epoch {state.epoch} step {state.step}: val AUC {auc:.5f}"
+                    f" (best {state.best_auc:.5f} at step {state.best_step})", flush=True,
+                )
+            self._save(state, is_best=improved)
+            state.epoch, state.epoch_step, state.epoch_done = state.epoch + 1, 0, False
+        self.examples, self.train_seconds = n_examples, t_train
+
+    def finish(self) -> GroupResult:
+        """Restores the best checkpoint, then scores val and test."""
+        self._detach()
+        best = self.ckpt.load_best(self.model)
+        run = self.run
+        return GroupResult(
+            run.index, run.members, self.evaluate("val"), self.evaluate("test"), self.examples,
+            self.train_seconds, best,
+        )
+
+
+def _take(it: Iterator[Any], n: int) -> Iterator[Any]:
+    for _ in range(n):
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+
+
+def merge_across_groups(
+    results: list[GroupResult], num_members: int, parallel: bool, split: str, env: Any
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """All members' logits [N, M] and labels [N] on global rank 0 (None elsewhere).
+
+    Sequential schedule: rank 0 led every group, so it holds every column already.
+    Parallel schedule: each group's leader holds its columns; one
+    ``assemble_member_logits`` over the world (leaders send [N, M_k], the others
+    empty blocks) places them and checks every cell is written once.
+    """
+    from recsys.evaluate import assemble_member_logits
+
+    if parallel:
+        (r,) = results  # exactly one group per rank in the parallel schedule
+        res = r.val if split == "val" else r.test
+        n = torch.tensor([0 if res.member_logits is None else res.member_logits.shape[0]], device=env.device)
+        dist.all_reduce(n, op=dist.ReduceOp.MAX)
+        if res.member_logits is not None:
+            local, labels = res.member_logits.to(env.device), res.labels.to(env.device)
+        else:
+            local = torch.zeros((0, len(r.members)), device=env.device)
+            labels = torch.zeros((0,), device=env.device)
+        return assemble_member_logits(local, labels, 0, int(n.item()), r.members, num_members, group=None, dst=0)
+    if env.rank != 0:
+        return None
+    first = results[0].val if split == "val" else results[0].test
+    out = torch.zeros((first.member_logits.shape[0], num_members), dtype=torch.float32)
+    for r in results:
+        res = r.val if split == "val" else r.test
+        if not torch.equal(res.labels, first.labels):
+            raise RuntimeError(f"{split}: group {r.index} scored different rows than group 0 (loader mismatch)")
+        out[:, r.members] = res.member_logits.float().cpu()
+    return out, first.labels.float().cpu()
+
+
+def train(
+    cfg: ExperimentConfig, env: Any, resume: bool = False, fail_at_step: int = 0, fail_rank: int = 0,
+) -> dict[str, Any] | None:
+    """Trains all groups this rank belongs to and writes the merged report on rank 0.
+
+    Returns the report as a dict on rank 0 (``None`` on the other ranks).
+    """
+    from recsys.tb import RunLogger
+
+    if not resume:
+        # A fresh run of a name replaces that name's old checkpoints and TensorBoard events:
+        # a stale best.json or event file would otherwise mix two runs.
+        if env.rank == 0:
+            import shutil
+
+            for d in (cfg.run_dir, cfg.ckpt_dir):
+                if d.exists():
+                    print(f"train_group: removing the previous run's {d} (use --resume to continue it)", flush=True)
+                    shutil.rmtree(d)
+        dist.barrier()
+    groups, parallel = plan_groups(cfg, env)
+    names = cfg.member_names
+    if env.rank == 0:
+        mode = "parallel" if parallel else "sequential"
+        print(
+            f"train_group: {len(cfg.members)} members in {len(cfg.groups)} groups, {env.world_size} ranks, "
+            f"{mode} schedule, device {env.device} ({env.backend})", flush=True,
+        )
+    logger = RunLogger(cfg) if env.rank == 0 else None
+    results: list[GroupResult] = []
+    for run in groups:
+        writer = RunLogger.group_writer(cfg, run.index) if run.is_leader else None
+        trainer = GroupTrainer(cfg, env, run, writer, show_progress=env.rank == 0)
+        trainer.fit(resume, fail_at_step, fail_rank)
+        results.append(trainer.finish())
+        if writer is not None:
+            writer.close()
+        del trainer
+    dist.barrier()  # parallel groups finish at different times: keep that wait out of the gather time
+    t0 = time.perf_counter()
+    val = merge_across_groups(results, len(names), parallel, "val", env)
+    test = merge_across_groups(results, len(names), parallel, "test", env)
+    t_cross = time.perf_counter() - t0
+    # Rank 0's evaluation timings (both splits, all its groups): forward passes vs moving and
+    # merging logits (in-group gather + cross-group assembly + merge); see recsys.evaluate.
+    timings = {k: sum(float(getattr(r, s).timings[k]) for r in results for s in ("val", "test"))
+               for k in ("forward", "wait", "gather", "merge")}
+    timings["gather"] += t_cross
+    # Throughput of the whole ensemble: member-examples (rows x members trained on them) per
+    # second of training wall time.  Parallel groups overlap in time (max over ranks); sequential
+    # ones add up.  examples/s = member-examples/s / M: rows per second through all M members.
+    member_ex = torch.tensor([sum(r.examples * len(r.members) for r in results)], dtype=torch.float64,
+                             device=env.device)
+    secs = torch.tensor([sum(r.train_seconds for r in results)], dtype=torch.float64, device=env.device)
+    if parallel:
+        dist.all_reduce(member_ex)
+        member_ex /= env.world_size // len(cfg.groups)  # every rank of a group counted its examples
+        dist.all_reduce(secs, op=dist.ReduceOp.MAX)
+    eps = member_ex / secs.clamp_min(1e-9)
+    if env.rank != 0:
+        return None
+    assert logger is not None and val is not None and test is not None
+    extra = {"schedule": "parallel" if parallel else "sequential", "eval_timings": timings}
+    report = logger.final(val, test, float(eps[0]), extra=extra)
+    logger.close()
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train_group.py",
+        description="Train an ensemble of CTR models in groups (each on the BCE of its mean logit), "
+        "sharded with TorchRec DMP, then merge and report.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Examples::", 1)[1] if __doc__ else None,
+    )
+    p.add_argument(
+        "target", nargs="?", default=None,
+        help="optional: a config TOML (same as --config), or this script's own path, which is ignored "
+        "(TorchX's short form `dist.ddp -j 1x2 recsys/train_group.py` passes it, see .torchxconfig)",
+    )
+    p.add_argument("--config", default=None, help=f"experiment TOML (see configs/; default {DEFAULT_CONFIG})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=1 --set name=try2 (repeatable)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint of each group (without it, a run replaces the "
+                   "checkpoints and TensorBoard events of an earlier run of the same name)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="override the config's device (auto: cuda+nccl if available, else cpu+gloo)")
+    # Test hook: rank --fail-rank exits hard right after step N, like a killed process.
+    p.add_argument("--fail-at-step", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--fail-rank", type=int, default=0, help=argparse.SUPPRESS)
+    return p
+
+
+def _quiet_libraries() -> None:
+    """TorchRec 1.8 / torch 2.13 log deprecation notices on every rank at every plan and
+    checkpoint (ShardedTensor -> DTensor, Topology construction, ...) that say nothing
+    about this run; keep warnings and errors of our own visible."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch.distributed")
+    for name in ("torchrec", "torch.fx._symbolic_trace", "torch.distributed.checkpoint"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    if args.target is not None:
+        if args.target.endswith(".toml"):
+            if args.config is not None:
+                parser.error(f"two configs given: {args.target} and --config {args.config}")
+            args.config = args.target
+        elif Path(args.target).resolve() != Path(__file__).resolve():
+            parser.error(f"unexpected argument {args.target!r} (expected a .toml config)")
+    if args.config is None:
+        args.config = DEFAULT_CONFIG
+    overrides = list(args.set) + ([f"device={args.device}"] if args.device else [])
+    try:
+        cfg = load_config(args.config, overrides)  # every config error surfaces before any process group
+    except ConfigError as e:
+        print(f"train_group: error: {e}", file=sys.stderr)
+        return 2
+    from recsys.distributed import init_distributed
+
+    env = init_distributed(cfg.device)
+    try:
+        report = train(cfg, env, resume=args.resume, fail_at_step=args.fail_at_step, fail_rank=args.fail_rank)
+        if report is not None:
+            print(f"train_group: report {cfg.run_dir / 'results.md'}", flush=True)
+    except ConfigError as e:
+        print(f"train_group: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

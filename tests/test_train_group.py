@@ -1,0 +1,163 @@
+"""End-to-end grouped training through the real entry point (torchrun with 2 gloo ranks).
+
+Slow by nature (each run is a fresh torchrun world), so the data is tiny and one
+2-rank reference run is shared by all tests:
+
+- the parallel schedule (2 groups on 1 rank each) equals the sequential one (1 process);
+- K = M equals training a member alone;
+- TensorBoard event files hold the expected tags and values;
+- a run killed mid-epoch and resumed with --resume ends exactly where the
+  uninterrupted run does.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recsys.data.schema import Schema
+from toy_data import toy_arrays, toy_schema
+
+ROOT = Path(__file__).resolve().parent.parent
+MEMBERS = ["fnn:mlp=16,seed=1,embedding_dim=8", "dcnv2:mlp=16,seed=2,embedding_dim=8,cross_layers=1"]
+TRAIN_ROWS, BATCH = 1024, 128  # 8 steps per epoch
+
+
+def make_data(d: Path) -> None:
+    schema = toy_schema(num_fields=4, vocab=40, num_dense=2)
+    sizes = {"train": TRAIN_ROWS, "val": 300, "test": 301}  # odd sizes: uneven eval row split
+    for i, (split, n) in enumerate(sizes.items()):
+        dense, sparse, labels = toy_arrays(schema, n, seed=i)
+        np.save(d / f"{split}_dense.npy", dense)
+        np.save(d / f"{split}_sparse.npy", sparse)
+        np.save(d / f"{split}_labels.npy", labels)
+    Schema(schema.dataset, schema.sparse_features, schema.dense_features, splits=sizes).save(d)
+
+
+def write_config(root: Path, name: str, members: list[str], groups: list[list[int]]) -> Path:
+    p = root / f"{name}.toml"
+    p.write_text(
+        f'name = "{name}"\ndata_dir = "{root / "data"}"\nmembers = {json.dumps(members)}\n'
+        f"groups = {json.dumps(groups)}\nseed = 3\n"
+        f'log_dir = "{root / "runs"}"\ncheckpoint_dir = "{root / "ckpt"}"\n'
+        f"[train]\nbatch_size = {BATCH}\nepochs = 2\npatience = 0\ncheckpoint_interval = 3\nlog_every = 2\n"
+        f"[dense_optimizer]\nlr = 0.003\n[embedding_optimizer]\nname = \"rowwise_adagrad\"\nlr = 0.05\n"
+    )
+    return p
+
+
+def run(config: Path, nproc: int, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    script = str(ROOT / "recsys" / "train_group.py")
+    if nproc == 1:
+        cmd = [sys.executable, script]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd + ["--config", str(config), *extra], capture_output=True, text=True, env=env,
+                       cwd=ROOT, timeout=240)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+    return r
+
+
+def logits(root: Path, name: str) -> torch.Tensor:
+    return torch.load(root / "runs" / name / "logits_test.pt")["member_logits"]
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """The uninterrupted 2-rank run: K = M = 2 groups, parallel schedule."""
+    root = tmp_path_factory.mktemp("tg")
+    (root / "data").mkdir()
+    make_data(root / "data")
+    r = run(write_config(root, "ref", MEMBERS, [[0], [1]]), 2)
+    return root, r
+
+
+def test_parallel_equals_sequential(ref: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    root, r = ref
+    assert "parallel schedule" in r.stdout
+    s = run(write_config(root, "seq", MEMBERS, [[0], [1]]), 1)
+    assert "sequential schedule" in s.stdout
+    a, b = logits(root, "ref"), logits(root, "seq")
+    assert a.shape == (301, 2)
+    assert torch.allclose(a, b, atol=1e-4, rtol=0), (a - b).abs().max()
+    # Training moved the members away from their (different) inits and toward the signal.
+    res = json.loads((root / "runs" / "ref" / "results.json").read_text())
+    assert res["ensemble"]["auc"] > 0.55
+    assert res["num_rows"] == 301
+
+
+def test_k_equals_m_equals_member_alone(ref: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    root, _ = ref
+    # Also the plain training loop (no TrainPipelineSparseDist): the pipeline only overlaps
+    # input distribution with compute, so the numbers must not change.
+    run(write_config(root, "alone", [MEMBERS[1]], [[0]]), 1, "--set", "train.pipeline=false")
+    a, b = logits(root, "ref")[:, 1], logits(root, "alone")[:, 0]
+    assert torch.allclose(a, b, atol=1e-4, rtol=0), (a - b).abs().max()
+    assert not torch.allclose(logits(root, "ref")[:, 0], b, atol=1e-2)  # a different member differs
+
+
+def test_tensorboard_events(ref: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root, _ = ref
+    run_dir = root / "runs" / "ref"
+    res = json.loads((run_dir / "results.json").read_text())
+    main = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0}).Reload()
+    tags = set(main.Tags()["scalars"])
+    for t in ("test/auc/m0_fnn", "test/auc/m1_dcnv2", "test/auc/group1", "test/auc/ensemble",
+              "test/logloss/ensemble", "final_val/auc/ensemble", "test/auc_vs_m", "train/examples_per_s"):
+        assert t in tags, (t, sorted(tags))
+    assert main.Scalars("test/auc/ensemble")[0].value == pytest.approx(res["ensemble"]["auc"], abs=1e-6)
+    assert main.Scalars("test/auc/m1_dcnv2")[0].value == pytest.approx(res["members"][1]["auc"], abs=1e-6)
+    curve = main.Scalars("test/auc_vs_m")
+    assert [e.step for e in curve] == [1, 2]
+    assert [e.value for e in curve] == pytest.approx([c["auc"] for c in res["curve"]], abs=1e-6)
+    assert main.Scalars("train/examples_per_s")[0].value > 0
+    assert "test/auc_vs_m_plot" in main.Tags()["images"]
+    assert "hparams" in main.PluginTagToContent("hparams") or main.PluginTagToContent("hparams")
+    for k in (0, 1):
+        g = EventAccumulator(str(run_dir / f"group{k}"), size_guidance={"scalars": 0}).Reload()
+        loss = g.Scalars(f"train/loss/group{k}")
+        assert [e.step for e in loss] == list(range(2, 17, 2)) or loss[-1].step == 16
+        assert all(0.3 < e.value < 1.0 for e in loss)
+        val = g.Scalars(f"val/auc/group{k}")
+        assert [e.step for e in val] == [8, 16]  # one per epoch
+        assert len(g.Scalars(f"train/examples_per_s/group{k}")) == len(loss)
+
+
+def test_segments_split_at_checkpoint_and_eval_boundaries() -> None:
+    from recsys.train_group import _segments
+
+    assert list(_segments(8, 0, 3, 0)) == [3, 3, 2]
+    assert list(_segments(8, 4, 3, 0)) == [2, 2]  # resumed mid-epoch at step 4
+    assert list(_segments(8, 0, 3, 4)) == [3, 1, 2, 2]
+    assert list(_segments(8, 0, 0, 0)) == [8]
+    assert list(_segments(8, 8, 3, 0)) == []
+
+
+def test_kill_and_resume(ref: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    root, _ = ref
+    cfg = write_config(root, "kr", MEMBERS, [[0], [1]])
+    # Rank 1 dies after step 12 (epoch 1, step 4 of 8): its last checkpoint is the mid-epoch
+    # one at epoch step 3 (global step 11), so step 12 is lost and replayed; torchrun
+    # then tears rank 0 down.
+    k = run(cfg, 2, "--fail-at-step", "12", "--fail-rank", "1", check=False)
+    assert k.returncode != 0
+    steps = sorted(p.name for p in (root / "ckpt" / "kr" / "group1").glob("step-*"))
+    assert steps[-1] == "step-00000011", steps
+    assert not (root / "runs" / "kr" / "results.json").exists()
+    r = run(cfg, 2, "--resume")
+    assert "[group 1] resumed from step 11 (epoch 1)" in r.stdout
+    a, b = logits(root, "ref"), logits(root, "kr")
+    assert torch.allclose(a, b, atol=1e-6, rtol=0), (a - b).abs().max()
+    ra = json.loads((root / "runs" / "ref" / "results.json").read_text())
+    rb = json.loads((root / "runs" / "kr" / "results.json").read_text())
+    assert ra["ensemble"] == pytest.approx(rb["ensemble"], abs=1e-6)

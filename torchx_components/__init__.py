@@ -1,0 +1,1 @@
+"""TorchX components of this project (``torchx run -s <scheduler> torchx_components/recsys.py:<name>``)."""

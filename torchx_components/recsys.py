@@ -1,0 +1,97 @@
+"""TorchX components: grouped ensemble training, scheduler-agnostic.
+
+``grouped_train`` builds the AppDef with ``torchx.components.dist.ddp`` (one role,
+``nnodes`` replicas, torchrun inside each), so it runs unchanged on every TorchX
+scheduler: ``local_cwd`` (this checkout), ``local_docker``, ``slurm``,
+``kubernetes``, ``aws_batch``...  Only ``image`` and the resources differ between
+them; see docs/launching.md.
+
+Examples::
+
+    # 2 ranks on this machine (groups of configs/demo.toml train in parallel):
+    torchx run -s local_cwd torchx_components/recsys.py:grouped_train --config configs/demo.toml --nproc_per_node 2
+    # 2 nodes x 8 GPUs on Slurm, from a shared checkout:
+    torchx run -s slurm torchx_components/recsys.py:grouped_train \\
+        --config configs/paper_heterogeneous.toml --nnodes 2 --nproc_per_node 8 --gpu 8 --cpu 64 --memMB 480000
+    # Kubernetes, from an image that holds this repository at /app:
+    torchx run -s kubernetes -cfg queue=default torchx_components/recsys.py:grouped_train \\
+        --image registry.example.com/recsys:latest --config configs/paper_homogeneous.toml --nproc_per_node 4 --gpu 4
+"""
+
+from typing import Dict, List, Optional
+
+import torchx
+import torchx.specs as specs
+from torchx.components.dist import ddp
+
+TRAIN_SCRIPT = "recsys/train_group.py"
+
+
+def grouped_train(
+    config: str = "configs/demo.toml",
+    nnodes: int = 1,
+    nproc_per_node: int = 2,
+    image: str = torchx.IMAGE,
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 4096,
+    h: Optional[str] = None,
+    name: str = "recsys/grouped_train",
+    resume: bool = False,
+    device: str = "auto",
+    overrides: Optional[List[str]] = None,
+    env: Optional[Dict[str, str]] = None,
+    max_retries: int = 0,
+    rdzv_port: int = 29500,
+    mounts: Optional[List[str]] = None,
+) -> specs.AppDef:
+    """Grouped training of an ensemble (recsys/train_group.py under torchrun).
+
+    With W = nnodes * nproc_per_node ranks and K groups in the config, the groups
+    train in parallel on W/K ranks each when W % K == 0 (and W >= K), else one
+    after another on all W ranks.
+
+    Args:
+        config: experiment TOML, relative to the job's working directory (the image's
+            workdir, or this checkout for local_cwd)
+        nnodes: number of hosts
+        nproc_per_node: ranks per host (for GPUs: at most the GPUs per host)
+        image: container image holding this repository (ignored by local_cwd; for slurm the
+            directory to run in)
+        cpu: CPUs per host
+        gpu: GPUs per host
+        memMB: host memory in MB
+        h: a named TorchX resource (takes precedence over cpu/gpu/memMB)
+        name: job name, "{experiment}/{run}"
+        resume: continue from the latest checkpoints of this config's run
+        device: auto | cpu | cuda (auto: cuda + NCCL if available, else cpu + gloo)
+        overrides: config overrides KEY=VALUE, e.g. train.epochs=1,name=try2
+        env: extra environment variables, e.g. OMP_NUM_THREADS=1
+        max_retries: scheduler retries (combine with resume=True to continue after a failure)
+        rdzv_port: rendezvous port on the first host (multi-node only)
+        mounts: mounts for container schedulers, e.g. type=bind,src=/data,dst=/app/data
+    """
+    args = ["--config", config]
+    if resume:
+        args.append("--resume")
+    if device != "auto":
+        args += ["--device", device]
+    for item in overrides or []:
+        args += ["--set", item]
+    job_env = {"OMP_NUM_THREADS": str(max(1, cpu // max(1, nproc_per_node)))}
+    job_env.update(env or {})
+    return ddp(
+        *args,
+        script=TRAIN_SCRIPT,
+        image=image,
+        name=name,
+        h=h,
+        cpu=cpu,
+        gpu=gpu,
+        memMB=memMB,
+        j=f"{nnodes}x{nproc_per_node}",
+        env=job_env,
+        max_retries=max_retries,
+        rdzv_port=rdzv_port,
+        mounts=mounts,
+    )
