@@ -1,0 +1,222 @@
+"""Preprocessing benchmark: our Criteo converter vs TorchRec's ``BinaryCriteoUtils.tsv_to_npys``.
+
+Why each run is a subprocess: peak memory must be measured per converter, and a
+converter's memory is its whole process tree (ours forks ``--workers``
+processes).  A sampler thread sums RSS over the child's process tree from
+/proc every 20 ms; ``getrusage(RUSAGE_CHILDREN)`` would only give the largest
+single process.  Seconds are measured inside the child around the conversion
+call, so interpreter start-up and ``import torchrec`` are not charged to either
+side; our worker start-up is.
+
+TorchRec's converter keeps every row as Python lists, so by default it runs on a
+slice (``--torchrec-rows``) and its rows/s is reported as measured on that slice
+(its cost is linear in rows; memory is extrapolated linearly and marked so).
+
+Example::
+
+    python -m recsys.bench.preprocess                       # 1M rows, hash at 1M and 4M
+    python -m recsys.bench.preprocess --rows 200000 --hash-rows 200000 400000 --torchrec-rows 50000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from recsys.data.synth import write_criteo
+
+
+@dataclass
+class Measurement:
+    name: str
+    rows: int
+    seconds: float
+    cpu_seconds: float  # user + sys of the converter and its worker processes
+    peak_rss_mb: float
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds
+
+
+def _tree_rss_kb(root: int) -> int:
+    """Sum of VmRSS over ``root`` and all its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/statm") as f:
+                pages = int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        pid = int(entry)
+        children.setdefault(ppid, []).append(pid)
+        rss[pid] = pages * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack += children.get(pid, [])
+    return total
+
+
+def run_child(name: str, rows: int, code: str) -> Measurement:
+    """Runs ``code`` in a fresh interpreter; it must print one JSON line ``{"seconds": s}`` last."""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_rss_kb(proc.pid))
+            time.sleep(0.02)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    out, err = proc.communicate()
+    done.set()
+    t.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed (exit {proc.returncode}): {err.strip().splitlines()[-1:]}")
+    res = json.loads(out.strip().splitlines()[-1])
+    return Measurement(name, rows, res["seconds"], res["cpu"], peak / 1024)
+
+
+def head_rows(src: Path, dst: Path, rows: int) -> None:
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        for i, line in enumerate(fi):
+            if i >= rows:
+                break
+            fo.write(line)
+
+
+# CPU seconds of this process and its reaped children (our pool workers), measured in the child
+_CPU_START = (
+    "import resource\n"
+    "def cpu():\n"
+    "    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime\n"
+    "c0 = cpu()\n"
+)
+
+
+def ours_code(inp: Path, out: Path, workers: int, extra: list[str]) -> str:
+    argv = ["--input", str(inp), "--output", str(out), "--workers", str(workers), "--no-progress", *extra]
+    return (
+        "import json, time\n"
+        "from recsys.data.preprocess import main\n"
+        + _CPU_START +
+        "t = time.perf_counter()\n"
+        f"rc = main('criteo', {argv!r})\n"
+        "assert rc == 0, rc\n"
+        "print(json.dumps({'seconds': time.perf_counter() - t, 'cpu': cpu() - c0}))\n"
+    )
+
+
+def torchrec_code(inp: Path, out: Path) -> str:
+    return (
+        "import json, time\n"
+        "from torchrec.datasets.criteo import BinaryCriteoUtils\n"
+        + _CPU_START +
+        "t = time.perf_counter()\n"
+        f"BinaryCriteoUtils.tsv_to_npys({str(inp)!r}, {str(out / 'd.npy')!r}, {str(out / 's.npy')!r}, "
+        f"{str(out / 'l.npy')!r})\n"
+        "print(json.dumps({'seconds': time.perf_counter() - t, 'cpu': cpu() - c0}))\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m recsys.bench.preprocess",
+        description="Rows/s and peak RSS: our Criteo converter vs TorchRec's tsv_to_npys, same run.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  python -m recsys.bench.preprocess --rows 200000 --hash-rows 200000 400000 --torchrec-rows 50000",
+    )
+    p.add_argument("--rows", type=int, default=1_000_000, help="rows for the main comparison")
+    p.add_argument("--torchrec-rows", type=int, default=200_000,
+                   help="rows TorchRec converts (a slice of the same file; 0 = all --rows)")
+    p.add_argument("--hash-rows", type=int, nargs="*", default=[1_000_000, 4_000_000],
+                   help="row counts for the --hash memory check")
+    p.add_argument("--hash-size", type=int, default=1_000_000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workdir", default=None, help="scratch dir (default: a temp dir, removed after)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_preprocess_"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        max_rows = max([args.rows, *args.hash_rows])
+        src = work / f"criteo_{max_rows}.tsv"
+        print(f"generating {max_rows:,} synthetic Criteo rows -> {src}", flush=True)
+        t = time.perf_counter()
+        planted_auc = write_criteo(src, max_rows, args.seed, progress=True)
+        gen_s = time.perf_counter() - t
+        print(f"  {max_rows / gen_s:,.0f} rows/s, planted AUC {planted_auc:.4f}", flush=True)
+
+        def sized(rows: int) -> Path:
+            if rows == max_rows:
+                return src
+            dst = work / f"criteo_{rows}.tsv"
+            if not dst.exists():
+                head_rows(src, dst, rows)
+            return dst
+
+        results: list[Measurement] = []
+        tr_rows = args.torchrec_rows or args.rows
+        print(f"TorchRec tsv_to_npys on {tr_rows:,} rows ...", flush=True)
+        (work / "tr").mkdir(exist_ok=True)
+        tr = run_child("torchrec tsv_to_npys", tr_rows, torchrec_code(sized(tr_rows), work / "tr"))
+        results.append(tr)
+        shutil.rmtree(work / "tr", ignore_errors=True)
+        runs = [(f"ours min-count, {args.workers} workers", args.rows, [], args.workers),
+                ("ours min-count, 1 worker", args.rows, [], 1)]
+        runs += [(f"ours --hash {args.hash_size}, {args.workers} workers", r, ["--hash", str(args.hash_size)], args.workers)
+                 for r in args.hash_rows]
+        for name, rows, extra, workers in runs:
+            print(f"{name} on {rows:,} rows ...", flush=True)
+            out = work / "ours"
+            results.append(run_child(name, rows, ours_code(sized(rows), out, workers, extra)))
+            shutil.rmtree(out, ignore_errors=True)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    print()
+    print("| converter | rows | wall s | rows/s | x TorchRec (wall) | CPU us/row | x TorchRec (CPU) | peak RSS (MB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    tr_cpu = tr.cpu_seconds / tr.rows
+    for m in results:
+        ratio = m.rows_per_s / tr.rows_per_s
+        cpu = m.cpu_seconds / m.rows
+        print(f"| {m.name} | {m.rows:,} | {m.seconds:.2f} | {m.rows_per_s:,.0f} | {ratio:.1f} | "
+              f"{cpu * 1e6:.2f} | {tr_cpu / cpu:.1f} | {m.peak_rss_mb:,.0f} |")
+    load = os.getloadavg()
+    print(f"\nload average at the end (1/5/15 min): {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
+          f"on {os.cpu_count()} CPUs")
+    tr_mb_per_row = tr.peak_rss_mb / tr.rows
+    print()
+    print(f"TorchRec peak RSS {tr.peak_rss_mb:,.0f} MB on {tr.rows:,} rows; linear extrapolation to "
+          f"{args.rows:,} rows: ~{tr_mb_per_row * args.rows:,.0f} MB (it holds all rows as Python lists).")
+    hashed = [m for m in results if "--hash" in m.name]
+    if len(hashed) >= 2:
+        print(f"--hash peak RSS: " + ", ".join(f"{m.rows:,} rows -> {m.peak_rss_mb:,.0f} MB" for m in hashed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
