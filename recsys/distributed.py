@@ -316,7 +316,8 @@ def shard_module(
     dense_kernel = uses_dense_kernel(emb_opt, env.device)
     sharder = RowWiseEBCSharder(fused_params=None if dense_kernel else _fused_params(emb_opt))
     plan = build_plan(module, group, env.device, sharder, sharding, dense_kernel)
-    local_world_size = torch.cuda.device_count() if env.device.type == "cuda" else group.size()
+    # Ranks per node: where a global rank's CUDA shard lives is cuda:{rank % this}.
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", torch.cuda.device_count() or group.size()))
     torchrec_compat.globalize_placements(plan, group, max(local_world_size, 1))
     dmp = DistributedModelParallel(
         module,
