@@ -100,7 +100,9 @@ class BilinearAggregation(nn.Module):
         logit = self.linear(torch.cat([x1, x2], dim=1)).squeeze(-1)  # [B]
         h1 = x1.view(batch, self.num_heads, -1)  # [B, H, d1/H]
         h2 = x2.view(batch, self.num_heads, -1)  # [B, H, d2/H]
-        projected = torch.einsum("bhi,hij->bhj", h1, self.weight)  # [B, H, d2/H]
+        # bmm rather than einsum: einsum's weight gradient comes back with permuted
+        # strides, which makes DDP copy it every step ("grad strides do not match").
+        projected = torch.bmm(h1.transpose(0, 1), self.weight).transpose(0, 1)  # [B, H, d2/H]
         return logit + (projected * h2).sum(dim=(1, 2))  # [B]
 
     def flops_per_example(self) -> int:
