@@ -24,6 +24,7 @@ import re
 from typing import Sequence
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 from torchrec.datasets.utils import Batch
@@ -107,6 +108,17 @@ def merge_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits.mean(dim=1)
 
 
+@torch.fx.wrap
+def mean_logit_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """BCE-with-logits of the mean logit: logits [B, M], labels [B] -> scalar.
+
+    ``torch.fx.wrap``-ed so that it stays one opaque call when
+    ``TrainPipelineSparseDist`` FX-traces the model: ``merge_logits`` checks its
+    input's shape with a Python ``if``, which symbolic tracing cannot follow.
+    """
+    return F.binary_cross_entropy_with_logits(merge_logits(logits), labels.to(logits.dtype))
+
+
 class EnsembleGroup(nn.Module):
     """The members of ONE group, trained jointly on the BCE of their mean logit.
 
@@ -145,7 +157,7 @@ class EnsembleGroup(nn.Module):
         The auxiliary terms (D-MoE's de-correlation) come from the last forward,
         so call this right after ``forward``.
         """
-        loss = F.binary_cross_entropy_with_logits(merge_logits(logits), labels.to(logits.dtype))
+        loss = mean_logit_bce(logits, labels)
         for m in self.members.values():
             aux = m.auxiliary_loss()  # type: ignore[operator]
             if aux is not None:
@@ -155,6 +167,9 @@ class EnsembleGroup(nn.Module):
 
 class GroupTrain(nn.Module):
     """Batch-in, loss-out wrapper for ``TrainPipelineSparseDist``, like torchrec's ``DLRMTrain``.
+
+    FX-traceable: the pipeline traces it to find the sharded EBCs' inputs, and
+    the loss goes through the ``fx.wrap``-ed ``mean_logit_bce``.
 
     Example::
 

@@ -5,9 +5,20 @@ as one ``EnsembleGroup`` sharded by DMP over the group's ranks.  With W ranks,
 ``group_schedule`` gives every group its own W/K ranks and process group when
 W >= K and W % K == 0 (the groups then train in parallel); otherwise the groups
 train one after another on all ranks.  A member's result does not depend on
-the schedule: weights come from the member's seeded spec, ``train.batch_size``
-is the group's global batch (split over its ranks), and the data order comes
-from the config seed.
+the schedule, nor on how many ranks its group has:
+
+- weights come from the member's seeded spec (``build_group``);
+- ``train.batch_size`` is the group's GLOBAL batch: every rank computes the same
+  seeded order of the training rows and reads its 1/G slice of each global batch
+  (``make_loader(..., global_batch=True)``), so step i sees the same rows on any
+  number of ranks;
+- the gradients are those of the global batch's mean loss on any number of ranks
+  (DDP averages dense grads; TorchRec divides the summed embedding grads by the
+  group size; ``recsys.grad_sync`` checks that this is on).
+
+Dropout masks are drawn per rank, so members with dropout > 0 match across rank
+counts in distribution only.  ``--schedule sequential`` forces the sequential
+schedule (for comparisons and tests).
 
 After training, every group restores its best checkpoint (by validation AUC,
 the reference's early stopping), scores the same validation and test rows, and
@@ -24,6 +35,8 @@ Examples::
     # TorchX's short form (script from .torchxconfig; with no --config it trains configs/demo.toml):
     torchx run -s local_cwd dist.ddp -j 1x2 recsys/train_group.py
     torchx run -s local_cwd dist.ddp -j 1x2 recsys/train_group.py --config configs/paper_homogeneous.toml
+    # both groups one after another on both ranks (same members as the parallel run):
+    torchrun --nproc_per_node 2 recsys/train_group.py --config configs/demo.toml --schedule sequential
     # continue a killed run from its latest checkpoint:
     torchrun --nproc_per_node 2 recsys/train_group.py --config configs/demo.toml --resume
 """
@@ -44,43 +57,12 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.fx
-import torch.nn.functional as F
-from torchrec.datasets.utils import Batch
 
 from recsys.config import ConfigError, ExperimentConfig, load_config
 from recsys.ensemble import GroupTrain
 
 
 DEFAULT_CONFIG = "configs/demo.toml"
-
-
-@torch.fx.wrap
-def _mean_logit_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """EnsembleGroup.loss's BCE term, as an FX leaf (see ``PipelinedGroupTrain``)."""
-    from recsys.ensemble import merge_logits
-
-    return F.binary_cross_entropy_with_logits(merge_logits(logits), labels.to(logits.dtype))
-
-
-class PipelinedGroupTrain(GroupTrain):
-    """``GroupTrain`` that ``TrainPipelineSparseDist`` can FX-trace.
-
-    The pipeline traces the model to find the sharded EBCs' inputs, and
-    ``merge_logits`` validates its input's shape in Python (``if logits.dim() != 2``),
-    which FX cannot trace ("symbolically traced variables cannot be used as inputs to
-    control flow").  Computing the same loss through an ``fx.wrap``-ed function keeps
-    it one opaque call in the graph.  Same value as ``EnsembleGroup.loss``.
-    """
-
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        logits = self.group(batch.dense_features, batch.sparse_features)  # [B, M_k]
-        loss = _mean_logit_bce(logits, batch.labels)
-        for m in self.group.members.values():
-            aux = m.auxiliary_loss()
-            if aux is not None:
-                loss = loss + aux
-        return loss, (loss.detach(), logits.detach(), batch.labels)
 
 
 @dataclass
@@ -111,16 +93,16 @@ class GroupResult:
     best_step: int | None
 
 
-def plan_groups(cfg: ExperimentConfig, env: Any) -> tuple[list[GroupRun], bool]:
+def plan_groups(cfg: ExperimentConfig, env: Any, sequential: bool = False) -> tuple[list[GroupRun], bool]:
     """-> (the groups this rank trains, in order; whether the schedule is parallel).
 
     Every rank creates every subgroup (``dist.new_group`` is collective), even
-    those it is not part of.
+    those it is not part of.  ``sequential`` forces every group onto all ranks.
     """
     from recsys.distributed import group_schedule, new_subgroups
 
     names = cfg.member_names
-    schedule = group_schedule(env.world_size, cfg.groups)
+    schedule = None if sequential else group_schedule(env.world_size, cfg.groups)
     runs: list[GroupRun] = []
     if schedule is not None:
         pgs = new_subgroups(schedule)
@@ -160,6 +142,7 @@ class GroupTrainer:
         from recsys.data.schema import Schema
         from recsys.distributed import make_optimizer, shard_module
         from recsys.ensemble import build_group
+        from recsys.grad_sync import require_global_mean_gradients
 
         self.cfg, self.env, self.run, self.writer = cfg, env, run, writer
         self.show_progress = show_progress
@@ -169,18 +152,19 @@ class GroupTrainer:
                 f"{cfg.source}: train.batch_size={t.batch_size} must be divisible by the group's "
                 f"{run.group_world} ranks"
             )
+        require_global_mean_gradients()
         schema = Schema.load(cfg.data_dir)
-        module = PipelinedGroupTrain(build_group(cfg.members, cfg.member_names, run.members, schema))
+        module = GroupTrain(build_group(cfg.members, cfg.member_names, run.members, schema))
         self.model = shard_module(
             module, run.pg, env, cfg.embedding_optimizer.resolve(env.device.type), cfg.sharding.resolve()
         )
         self.optimizer = make_optimizer(self.model, cfg.dense_optimizer.lr, cfg.dense_optimizer.weight_decay)
-        self.local_batch = t.batch_size // run.group_world
         self.eval_batch = (t.eval_batch_size or t.batch_size) // run.group_world or 1
-        common = dict(rank=run.group_rank, world_size=run.group_world, prefetch=2)
+        # Global batches (not per-rank row ranges): step i trains on the same t.batch_size rows
+        # whatever the group's rank count, so the schedule does not change the result.
         self.train_loader = make_loader(
-            cfg.data_dir, "train", self.local_batch, shuffle=t.shuffle, seed=cfg.seed,
-            drop_last=True, equal_batches=True, **common,
+            cfg.data_dir, "train", t.batch_size, rank=run.group_rank, world_size=run.group_world,
+            shuffle=t.shuffle, seed=cfg.seed, drop_last=True, global_batch=True, prefetch=2,
         )
         self.ckpt = GroupCheckpointer(Path(cfg.ckpt_dir) / f"group{run.index}", run.pg, run.group_rank)
         self.pipeline: Any = None
@@ -219,6 +203,15 @@ class GroupTrainer:
                 on_step(loss_d)
         if done != n:
             raise RuntimeError(f"group {self.run.index}: the loader ran dry after {done} of {n} steps")
+
+    def _group_mean(self, local: torch.Tensor) -> float:
+        """Mean over the group's ranks of a per-rank mean (equal slices): the global-batch value,
+        the same on any rank count.  Collective: every rank of the group logs at the same steps."""
+        if self.run.group_world == 1:
+            return float(local)
+        t = local.detach().to(self.env.device, torch.float64).reshape(1)
+        dist.all_reduce(t, group=self.run.pg)
+        return float(t[0]) / self.run.group_world
 
     def _detach(self) -> None:
         # Calling the model directly while the pipeline's PipelinedForward is installed fails
@@ -314,7 +307,7 @@ class GroupTrainer:
                 bar.update(1)
                 if state.step % t.log_every == 0 or state.epoch_step == total:
                     now = t_train + time.perf_counter() - seg_t0
-                    mean_loss = float(torch.stack(window).mean())
+                    mean_loss = self._group_mean(torch.stack(window).mean())
                     eps = len(window) * t.batch_size / max(now - logged_at, 1e-9)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", ex_s=f"{eps:,.0f}")
                     if self.writer is not None:
@@ -412,6 +405,7 @@ def merge_across_groups(
 
 def train(
     cfg: ExperimentConfig, env: Any, resume: bool = False, fail_at_step: int = 0, fail_rank: int = 0,
+    sequential: bool = False,
 ) -> dict[str, Any] | None:
     """Trains all groups this rank belongs to and writes the merged report on rank 0.
 
@@ -430,7 +424,7 @@ def train(
                     print(f"train_group: removing the previous run's {d} (use --resume to continue it)", flush=True)
                     shutil.rmtree(d)
         dist.barrier()
-    groups, parallel = plan_groups(cfg, env)
+    groups, parallel = plan_groups(cfg, env, sequential)
     names = cfg.member_names
     if env.rank == 0:
         mode = "parallel" if parallel else "sequential"
@@ -497,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint of each group (without it, a run replaces the "
                    "checkpoints and TensorBoard events of an earlier run of the same name)")
+    p.add_argument("--schedule", choices=["auto", "sequential"], default="auto",
+                   help="auto: groups in parallel when W %% K == 0 (else one after another); sequential: "
+                   "every group on all ranks, one after another (same members, up to float noise)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                    help="override the config's device (auto: cuda+nccl if available, else cpu+gloo)")
     # Test hook: rank --fail-rank exits hard right after step N, like a killed process.
@@ -541,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
 
     env = init_distributed(cfg.device)
     try:
-        report = train(cfg, env, resume=args.resume, fail_at_step=args.fail_at_step, fail_rank=args.fail_rank)
+        report = train(cfg, env, resume=args.resume, fail_at_step=args.fail_at_step, fail_rank=args.fail_rank,
+                       sequential=args.schedule == "sequential")
         if report is not None:
             print(f"train_group: report {cfg.run_dir / 'results.md'}", flush=True)
     except ConfigError as e:

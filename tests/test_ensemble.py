@@ -116,6 +116,25 @@ def test_group_train_outputs(schema, batch):
     assert any(k.startswith("group.members.m1_fnn.") for k in train.state_dict())
 
 
+def test_group_train_is_fx_traceable(schema, batch):
+    """TrainPipelineSparseDist FX-traces the model: the loss must trace (merge_logits' shape
+    check is a Python ``if``; ``mean_logit_bce`` is an fx.wrap leaf) and give the same value."""
+    import torchrec.fx
+
+    from recsys.ensemble import mean_logit_bce
+
+    names = member_names(SPECS)
+    train = GroupTrain(build_group(SPECS, names, [0, 1], schema))
+    gm = torchrec.fx.symbolic_trace(train)
+    assert any(n.op == "call_function" and n.target is mean_logit_bce for n in gm.graph.nodes)
+    loss, (loss_d, logits, _) = train(batch)
+    traced, (traced_d, traced_logits, _) = gm(batch)
+    assert float(loss_d) == pytest.approx(float(train.group.loss(logits, batch.labels)), rel=1e-6)
+    torch.testing.assert_close(traced, loss, rtol=0, atol=0)
+    torch.testing.assert_close(traced_d, loss_d, rtol=0, atol=0)
+    torch.testing.assert_close(traced_logits, logits, rtol=0, atol=0)
+
+
 def test_duplicate_member_names_rejected(schema):
     m = build_member("fnn:mlp=8", schema, "same")
     with pytest.raises(ValueError, match="duplicate"):

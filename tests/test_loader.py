@@ -185,6 +185,64 @@ def test_equal_batches_drop_last_for_training(tmp_path, n, world_size, batch_siz
     assert len(np.unique(ids)) == len(ids)  # no row twice
 
 
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_global_batch_slices_partition_it_and_do_not_depend_on_world_size(tmp_path, drop_last):
+    """Training mode: batch i's rows are the same global batch for every G, and the G
+    ranks' slices (rank order) are exactly its consecutive parts."""
+    arrs = _write(tmp_path, {"train": 1000})["train"]
+    B = 48  # 1000 = 20 x 48 + 40
+    kw = dict(shuffle=True, seed=5, shuffle_window=300, global_batch=True, drop_last=drop_last)
+    one = make_loader(tmp_path, "train", B, **kw)
+    one.set_epoch(1)
+    ref = [_row_ids(b) for b in one]
+    assert len(ref) == (20 if drop_last else 21)
+    assert all(len(r) == B for r in ref[:20])
+    flat = np.concatenate(ref)
+    assert len(np.unique(flat)) == len(flat) and not np.array_equal(flat[:B], np.arange(B))  # shuffled
+    # The same order as a plain 1-rank loader (global batches on G = 1 change nothing).
+    plain = make_loader(tmp_path, "train", B, shuffle=True, seed=5, shuffle_window=300, drop_last=drop_last)
+    assert all(np.array_equal(x, y) for x, y in zip(ref, _epoch_ids(plain, 1)))
+    for G in (2, 3, 4):
+        loaders = [make_loader(tmp_path, "train", B, rank=r, world_size=G, **kw) for r in range(G)]
+        per_rank = [_epoch_ids(ld, 1) for ld in loaders]
+        assert {len(ld) for ld in loaders} == {len(ref)}  # same step count on every rank
+        for i, rows in enumerate(ref):
+            parts = [per_rank[r][i] for r in range(G)]
+            if i < 20:
+                assert all(len(p) == B // G for p in parts)
+            np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.sort(rows))
+            # rank r holds the r-th consecutive slice of the global batch order
+            for r in range(G):
+                np.testing.assert_array_equal(parts[r], loaders[r].batch_rows(1, i))
+        for b in next(iter(loaders[G - 1])), :
+            _check_batch(b, *arrs)
+    # The slices depend on the rank: a 2-rank group's halves differ.
+    h = [make_loader(tmp_path, "train", B, rank=r, world_size=2, **kw).batch_rows(0, 0) for r in (0, 1)]
+    assert not np.array_equal(h[0], h[1])
+
+
+def test_global_batch_resume_and_errors(tmp_path):
+    _write(tmp_path, {"train": 400})
+    kw = dict(rank=1, world_size=2, shuffle=True, seed=2, global_batch=True, drop_last=True, prefetch=2)
+    full = _epoch_ids(make_loader(tmp_path, "train", 32, **kw), 0)
+    first = make_loader(tmp_path, "train", 32, **kw)
+    it = iter(first)
+    got = [_row_ids(next(it)) for _ in range(4)]
+    sd = json.loads(json.dumps(first.state_dict()))
+    del it
+    resumed = make_loader(tmp_path, "train", 32, **kw)
+    resumed.load_state_dict(sd)
+    resumed.set_epoch(0)
+    got += [_row_ids(b) for b in resumed]
+    assert len(got) == len(full) == 400 // 32
+    assert all(np.array_equal(x, y) for x, y in zip(got, full))
+    with pytest.raises(LoaderError, match="global_batch"):  # a contiguous-range state does not fit
+        make_loader(tmp_path, "train", 32, **{**kw, "global_batch": False}).load_state_dict(sd)
+    with pytest.raises(LoaderError, match=r"batch_size=30 .*multiple of world_size=4") as e:
+        make_loader(tmp_path, "train", 30, rank=0, world_size=4, global_batch=True)
+    assert "\n" not in str(e.value)
+
+
 # ----------------------------------------------------------------------------- shuffling and resume
 
 

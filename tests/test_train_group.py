@@ -3,7 +3,11 @@
 Slow by nature (each run is a fresh torchrun world), so the data is tiny and one
 2-rank reference run is shared by all tests:
 
-- the parallel schedule (2 groups on 1 rank each) equals the sequential one (1 process);
+- the parallel schedule (2 groups on 1 rank each) equals the sequential one, both in
+  one process and on 2 ranks (each group then trains on both ranks);
+- one group of 2 members on 2 ranks equals the same group in 1 process (the loader's
+  global batches and TorchRec's gradient averaging make a group's result independent
+  of its rank count);
 - K = M equals training a member alone;
 - TensorBoard event files hold the expected tags and values;
 - a run killed mid-epoch and resumed with --resume ends exactly where the
@@ -22,7 +26,8 @@ import pytest
 import torch
 
 from recsys.data.schema import Schema
-from toy_data import toy_arrays, toy_schema
+from tests.dist_harness import run_ranks
+from tests.toy_data import toy_arrays, toy_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMBERS = ["fnn:mlp=16,seed=1,embedding_dim=8", "dcnv2:mlp=16,seed=2,embedding_dim=8,cross_layers=1"]
@@ -88,6 +93,11 @@ def test_parallel_equals_sequential(ref: tuple[Path, subprocess.CompletedProcess
     a, b = logits(root, "ref"), logits(root, "seq")
     assert a.shape == (301, 2)
     assert torch.allclose(a, b, atol=1e-4, rtol=0), (a - b).abs().max()
+    # Sequential on 2 ranks: each group now trains on 2 ranks instead of 1.
+    s2 = run(write_config(root, "seq2", MEMBERS, [[0], [1]]), 2, "--schedule", "sequential")
+    assert "sequential schedule" in s2.stdout
+    c = logits(root, "seq2")
+    assert torch.allclose(a, c, atol=1e-4, rtol=0), (a - c).abs().max()
     # Training moved the members away from their (different) inits and toward the signal.
     res = json.loads((root / "runs" / "ref" / "results.json").read_text())
     assert res["ensemble"]["auc"] > 0.55
@@ -102,6 +112,20 @@ def test_k_equals_m_equals_member_alone(ref: tuple[Path, subprocess.CompletedPro
     a, b = logits(root, "ref")[:, 1], logits(root, "alone")[:, 0]
     assert torch.allclose(a, b, atol=1e-4, rtol=0), (a - b).abs().max()
     assert not torch.allclose(logits(root, "ref")[:, 0], b, atol=1e-2)  # a different member differs
+
+
+def test_one_group_on_two_ranks_equals_one_rank(ref: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    """K = 1 (joint training of both members): W = 2 equals W = 1, member by member."""
+    root, _ = ref
+    one_epoch = ("--set", "train.epochs=1")
+    run(write_config(root, "joint1", MEMBERS, [[0, 1]]), 1, *one_epoch)
+    run(write_config(root, "joint2", MEMBERS, [[0, 1]]), 2, *one_epoch)
+    a, b = logits(root, "joint1"), logits(root, "joint2")
+    assert a.shape == (301, 2)
+    assert torch.allclose(a, b, atol=1e-4, rtol=0), (a - b).abs().max()
+    # Joint training is not independent training: the members moved elsewhere than in ref
+    # (one epoch there too would still differ; here it guards against comparing two copies).
+    assert not torch.allclose(a, logits(root, "ref"), atol=1e-3)
 
 
 def test_tensorboard_events(ref: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
@@ -161,3 +185,104 @@ def test_kill_and_resume(ref: tuple[Path, subprocess.CompletedProcess[str]]) -> 
     ra = json.loads((root / "runs" / "ref" / "results.json").read_text())
     rb = json.loads((root / "runs" / "kr" / "results.json").read_text())
     assert ra["ensemble"] == pytest.approx(rb["ensemble"], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- gradient scaling
+
+GRAD_SPEC = "fnn:mlp=8,seed=4,embedding_dim=4"
+GRAD_ROWS, GRAD_LR = 32, 0.5
+
+
+def _full_state(dmp: torch.nn.Module, pg) -> dict[str, torch.Tensor]:
+    """Unsharded copy of a DMP's tables: each rank fills its shards, a SUM all-reduce joins them."""
+    import torch.distributed as dist
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    out = {}
+    for k, v in dmp.state_dict().items():
+        if isinstance(v, ShardedTensor):
+            full = torch.zeros(tuple(v.size()))
+            for sh in v.local_shards():
+                idx = tuple(slice(o, o + n) for o, n in zip(sh.metadata.shard_offsets, sh.metadata.shard_sizes))
+                full[idx] = sh.tensor
+            dist.all_reduce(full, group=pg)
+            out[k.removeprefix("_dmp_wrapped_module.").removeprefix("module.")] = full
+    return out
+
+
+def _one_sgd_step(sharding: str, pg, group_rank: int, group_size: int) -> dict:
+    """One step on the same global batch, this rank holding its 1/G slice: the dense grads,
+    and the tables after fused EXACT_SGD (applied inside backward)."""
+    from recsys.data.batch import batch_from_arrays
+    from recsys.distributed import EmbeddingOptimizerConfig, ShardingConfig, init_distributed, shard_module
+    from recsys.ensemble import GroupTrain, build_group
+
+    env = init_distributed("cpu")
+    schema = toy_schema(num_fields=3, vocab=12, num_dense=2)
+    dmp = shard_module(GroupTrain(build_group([GRAD_SPEC], ["m0"], [0], schema)), pg, env,
+                       EmbeddingOptimizerConfig("sgd", lr=GRAD_LR), ShardingConfig(sharding))
+    d, s, y = toy_arrays(schema, GRAD_ROWS, seed=9)
+    n = GRAD_ROWS // group_size
+    lo = group_rank * n
+    loss, _ = dmp(batch_from_arrays(d[lo : lo + n], s[lo : lo + n], y[lo : lo + n], schema.sparse_names))
+    loss.backward()
+    dense = {k.removeprefix("_dmp_wrapped_module.").removeprefix("module."): p.grad.clone()
+             for k, p in dmp.named_parameters() if p.grad is not None}
+    return {"dense": dense, "tables": _full_state(dmp, pg)}
+
+
+def _grad_worker(rank: int, world: int) -> dict:
+    from torchrec.distributed import comm_ops
+
+    from recsys.distributed import new_subgroups
+
+    solo = new_subgroups([[0], [1]])  # each rank alone: G = 1 (rank 1's group lacks global rank 0)
+    out = {}
+    for sharding in ("table_wise", "row_wise", "column_wise"):
+        out[sharding, 2] = _one_sgd_step(sharding, None, rank, 2)
+        out[sharding, 1] = _one_sgd_step(sharding, solo[rank], 0, 1)
+    comm_ops.set_gradient_division(False)  # what recsys.grad_sync guards against
+    try:
+        out["no_division", 2] = _one_sgd_step("row_wise", None, rank, 2)
+    finally:
+        comm_ops.set_gradient_division(True)
+    return out
+
+
+def test_global_batch_gradients_do_not_depend_on_ranks() -> None:
+    """One SGD step on the same 32-row global batch, on G = 1 and G = 2 ranks (2 gloo ranks).
+
+    DDP averages the dense grads over the group; TorchRec's sharded embedding backward
+    sums the ranks' gradients and divides by the group size (GRADIENT_DIVISION).  So
+    both are the global-batch mean gradient for table-, row- and column-wise shards,
+    and no extra scaling is needed.  With the division off, G = 2 steps twice as far.
+    """
+    from recsys.ensemble import build_group
+    from recsys.grad_sync import GradientScalingError, require_global_mean_gradients
+
+    res = run_ranks(_grad_worker, 2, timeout=240)
+    ref = build_group([GRAD_SPEC], ["m0"], [0], toy_schema(num_fields=3, vocab=12, num_dense=2))
+    init = {f"group.{k}": v for k, v in ref.state_dict().items()}
+    for sharding in ("table_wise", "row_wise", "column_wise", "no_division"):
+        one, two = res[0][("row_wise" if sharding == "no_division" else sharding), 1], res[0][sharding, 2]
+        assert one["dense"].keys() == two["dense"].keys() and len(one["dense"]) > 0
+        for k in one["dense"]:
+            torch.testing.assert_close(two["dense"][k], one["dense"][k], rtol=1e-5, atol=1e-7)
+        assert one["tables"].keys() == two["tables"].keys() and len(one["tables"]) == 3
+        for k in one["tables"]:
+            step1, step2 = one["tables"][k] - init[k], two["tables"][k] - init[k]
+            assert step1.abs().max() > 1e-4, k  # the table did move
+            want = 2 * step1 if sharding == "no_division" else step1
+            torch.testing.assert_close(step2, want, rtol=1e-4, atol=1e-6)
+            # rank 1 (alone in its group, without global rank 0) took the same G = 1 step
+            if sharding != "no_division":
+                torch.testing.assert_close(res[1][sharding, 1]["tables"][k], one["tables"][k])
+    require_global_mean_gradients()  # the default passes
+    from torchrec.distributed import comm_ops
+
+    comm_ops.set_gradient_division(False)
+    try:
+        with pytest.raises(GradientScalingError, match="set_gradient_division"):
+            require_global_mean_gradients()
+    finally:
+        comm_ops.set_gradient_division(True)

@@ -17,8 +17,9 @@ Public API::
         One split, memory-mapped: ``.schema``, ``.num_rows``, ``.read(rows)`` ->
         (dense [n, Dd] f32, sparse [n, F] i64, labels [n] f32), ``.batch(rows)``.
     make_loader(data, split, batch_size, *, rank=0, world_size=1, shuffle=False,
-                seed=0, drop_last=False, equal_batches=False, prefetch=2,
-                shuffle_window=1 << 22, pin_memory=False, check_ids=True) -> CTRLoader
+                seed=0, drop_last=False, equal_batches=False, global_batch=False,
+                prefetch=2, shuffle_window=1 << 22, pin_memory=False,
+                check_ids=True) -> CTRLoader
         ``data`` is a directory in our layout or a ``TorchRecCriteo`` from
         ``recsys.data.torchrec_layout.open_torchrec_criteo``.
     CTRLoader: iterable over ``torchrec.datasets.utils.Batch``; ``len()`` (batches
@@ -31,7 +32,27 @@ when Dd == 0), ``{split}_sparse.npy`` int [N, F], ``{split}_labels.npy``
 float32 [N]; or, when ``schema.preprocessing["parts"][split]`` lists the rows
 of each part, ``{split}_{dense|sparse|labels}.{k:05d}.npy`` for k = 0, 1, ...
 
-Batch counts under a process group.  Every DMP step is a collective, so all
+Two ways to split a split over the W ranks of a process group:
+
+- **Contiguous ranges** (default; evaluation).  Rank r reads its own
+  ``rank_row_range`` and cuts it into batches of ``batch_size`` rows.  Every
+  rank touches one contiguous block, and evaluation gathers the ranks' logits
+  back into split order by those ranges (``recsys.evaluate``).
+- **Global batches** (``global_batch=True``; training).  ``batch_size`` is the
+  GLOBAL batch B of the whole process group.  Every rank computes the same
+  seeded order of all N rows (the block shuffle below, keyed without the rank),
+  cuts it into global batches of B, and rank r reads positions
+  ``[r*B/W, (r+1)*B/W)`` of each (B % W == 0 is required).  So step i trains on
+  the same B rows whether the group runs on 1, 2 or 8 ranks, and with the
+  gradients of the global-batch mean (``recsys.grad_sync``) a group's result
+  does not depend on how many ranks it had: the parallel and the sequential
+  schedule give the same members.  In contiguous mode a step's rows depend on
+  W (each rank shuffles its own range), which is why training does not use it.
+  Global batches are ``floor(N / B)`` (``drop_last``; the training setting) or
+  ``ceil(N / B)`` with the last one split by ``rank_row_range``; every rank
+  has the same plan, so ``equal_batches`` does not apply.
+
+Batch counts under a process group (contiguous ranges).  Every DMP step is a collective, so all
 ranks of a group must yield the same number of batches:
 
 =================  ==========  ===============================================
@@ -51,7 +72,8 @@ True               False       ceil(q / B) batches on every rank, every row
 Shuffling is a seeded block shuffle, because a full permutation of a
 terabyte split per rank would not fit in RAM: the rank's rows are cut into
 windows of ``shuffle_window`` rows, the window order is permuted and so are
-the rows inside each window, from ``SeedSequence([seed, epoch, rank, ...])``.
+the rows inside each window, from ``SeedSequence([seed, epoch, rank, ...])``
+(global batches: rank 0's key for every rank, the order of a 1-rank loader).
 A split smaller than the window is fully shuffled.  Each batch's row indices
 are sorted before the single fancy-index read per array, so reads stay
 ordered on disk (row order inside a batch does not matter to the loss).
@@ -65,8 +87,8 @@ implicitly rather than through ``set_epoch``.  Prefetch is torchdata.nodes'
 
 Example::
 
-    loader = make_loader("data/criteo", "train", 4096, rank=r, world_size=w,
-                         shuffle=True, seed=0, equal_batches=True, drop_last=True)
+    loader = make_loader("data/criteo", "train", 4096, rank=r, world_size=w,  # 4096 per step
+                         shuffle=True, seed=0, global_batch=True, drop_last=True)  # in all
     for epoch in range(start_epoch, epochs):
         loader.set_epoch(epoch)          # keeps a restored position of that epoch
         for batch in loader:             # Batch(dense [B, Dd], KJT, labels [B])
@@ -499,11 +521,20 @@ class CTRLoader:
         seed: int = 0,
         drop_last: bool = False,
         equal_batches: bool = False,
+        global_batch: bool = False,
         prefetch: int = 2,
         shuffle_window: int = 1 << 22,
         pin_memory: bool = False,
         check_ids: bool = True,
     ) -> None:
+        if global_batch:
+            if world_size < 1 or not 0 <= rank < world_size:
+                raise LoaderError(f"bad rank {rank} for world_size {world_size}")
+            if batch_size < 1 or batch_size % world_size:
+                raise LoaderError(
+                    f"global_batch: batch_size={batch_size} (the global batch) must be a positive "
+                    f"multiple of world_size={world_size}"
+                )
         if seed < 0:
             raise LoaderError(f"seed must be >= 0, got {seed}")
         if shuffle_window < 1:
@@ -514,9 +545,13 @@ class CTRLoader:
             raise LoaderError("pin_memory=True needs CUDA; pass pin_memory=(device.type == 'cuda')")
         self.split = split
         self.schema = split.schema
-        self.plan = plan_batches(
-            split.num_rows, batch_size, rank, world_size, drop_last=drop_last, equal_batches=equal_batches
-        )
+        self.global_batch = global_batch
+        if global_batch:  # positions index the whole split; every rank has the same plan
+            self.plan = plan_batches(split.num_rows, batch_size, 0, 1, drop_last=drop_last)
+        else:
+            self.plan = plan_batches(
+                split.num_rows, batch_size, rank, world_size, drop_last=drop_last, equal_batches=equal_batches
+            )
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.seed, self.shuffle_window = shuffle, seed, shuffle_window
         self.prefetch, self.pin_memory, self.check_ids = prefetch, pin_memory, check_ids
@@ -541,10 +576,19 @@ class CTRLoader:
     def _shuffler(self, epoch: int) -> _BlockShuffle | None:
         if not self.shuffle or self.plan.num_rows == 0:
             return None
-        return _BlockShuffle(self.plan.num_rows, self.shuffle_window, self.seed, epoch, self.rank)
+        key_rank = 0 if self.global_batch else self.rank  # global batches: one order for all ranks
+        return _BlockShuffle(self.plan.num_rows, self.shuffle_window, self.seed, epoch, key_rank)
+
+    def _bounds(self, i: int) -> tuple[int, int]:
+        """Positions of batch i read by this rank: the whole batch, or its slice of a global batch."""
+        a, b = self.plan.bounds(i)
+        if not self.global_batch:
+            return a, b
+        lo, hi = rank_row_range(b - a, self.rank, self.world_size)  # B/W each for a full batch
+        return a + lo, a + hi
 
     def _read_batch(self, i: int, shuffle: _BlockShuffle | None) -> Batch:
-        a, b = self.plan.bounds(i)
+        a, b = self._bounds(i)
         if shuffle is None:
             rows: np.ndarray | slice = slice(self.plan.row_start + a, self.plan.row_start + b)
         else:
@@ -553,7 +597,7 @@ class CTRLoader:
 
     def batch_rows(self, epoch: int, i: int) -> np.ndarray:
         """The split rows of batch ``i`` of ``epoch`` on this rank (sorted); for tests and audits."""
-        a, b = self.plan.bounds(i)
+        a, b = self._bounds(i)
         sh = self._shuffler(epoch)
         off = np.arange(a, b, dtype=np.int64) if sh is None else np.sort(sh.offsets(a, b))
         return off + self.plan.row_start
@@ -589,12 +633,16 @@ class CTRLoader:
             "world_size": self.world_size,
             "batch_size": self.plan.batch_size,
             "num_batches": self.plan.num_batches,
+            "global_batch": self.global_batch,
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """The next ``iter()`` resumes at batch ``batches_consumed`` of ``epoch``, same order."""
         mine = self.state_dict()
-        for k in ("version", "seed", "shuffle", "shuffle_window", "num_rows", "rank", "world_size", "batch_size", "num_batches"):
+        sd = {"global_batch": False, **sd}  # states saved before global batches existed
+        keys = ("version", "global_batch", "seed", "shuffle", "shuffle_window", "num_rows", "rank", "world_size",
+                "batch_size", "num_batches")
+        for k in keys:
             if k not in sd:
                 raise LoaderError(f"loader state has no {k!r}: not from CTRLoader.state_dict()")
             if sd[k] != mine[k]:
@@ -616,6 +664,7 @@ def make_loader(
     seed: int = 0,
     drop_last: bool = False,
     equal_batches: bool = False,
+    global_batch: bool = False,
     prefetch: int = 2,
     shuffle_window: int = 1 << 22,
     pin_memory: bool = False,
@@ -626,7 +675,7 @@ def make_loader(
     Example::
 
         train = make_loader(d, "train", 4096, rank=r, world_size=w, shuffle=True,
-                            equal_batches=True, drop_last=True)
+                            global_batch=True, drop_last=True)    # 4096 rows per step in all
         val = make_loader(d, "val", 8192, rank=r, world_size=w, equal_batches=True)
     """
     return CTRLoader(
@@ -638,6 +687,7 @@ def make_loader(
         seed=seed,
         drop_last=drop_last,
         equal_batches=equal_batches,
+        global_batch=global_batch,
         prefetch=prefetch,
         shuffle_window=shuffle_window,
         pin_memory=pin_memory,
