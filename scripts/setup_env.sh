@@ -11,12 +11,23 @@
 #
 # Usage:  bash scripts/setup_env.sh            # CPU (default)
 #         RECSYS_DEVICE=gpu bash scripts/setup_env.sh
+#         RECSYS_TORCH_INDEX=<url> bash scripts/setup_env.sh   # where to take torch from
+#           (on a machine whose pip would otherwise resolve torch==2.13.0 to the CUDA
+#           build, point this at PyTorch's CPU wheel index; the script refuses to finish
+#           with a CUDA torch on the cpu path)
 # Idempotent: a second run with everything in place takes a few seconds.
 set -euo pipefail
+case "${1:-}" in
+  -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
+esac
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${RECSYS_VENV:-$ROOT/.venv}"
 DEVICE="${RECSYS_DEVICE:-cpu}"
 PY="${PYTHON:-python3}"
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "setup_env: needs Python >= 3.11 (tomllib, and the pinned stack); set PYTHON=/path/to/python3.11" >&2
+  exit 2
+fi
 
 TORCH="torch==2.13.0"
 TORCHREC="torchrec==1.8.0"
@@ -48,16 +59,23 @@ pip_install() {
     | { grep -v -e "is ignored: it is neither a file nor a directory" -e "requires fbgemm-gpu, which is not installed" -e "dependency resolver does not currently take" || true; }
 }
 echo "setup_env: installing $TORCH"
-pip_install "$TORCH"
+if [ -n "${RECSYS_TORCH_INDEX:-}" ]; then
+  pip_install --index-url "$RECSYS_TORCH_INDEX" "$TORCH"
+else
+  pip_install "$TORCH"
+fi
 echo "setup_env: installing $FBGEMM, $TORCHREC (--no-deps) and runtime deps"
 pip_install "$TORCH" "$FBGEMM"
 pip_install --no-deps "$TORCHREC"
 pip_install "$TORCH" "${TORCHREC_DEPS[@]}" "${OWN_DEPS[@]}"
 echo "setup_env: installing recsys (editable, --no-deps)"
 pip_install --no-deps -e "$ROOT"
-"$VPY" - <<'PY'
+RECSYS_DEVICE="$DEVICE" "$VPY" - <<'PY'
+import os, sys
 import torch, torchrec, fbgemm_gpu  # noqa: F401  fail here, not in the first test
-assert "+cu" not in torch.__version__ or torch.cuda.is_available(), torch.__version__
-print(f"setup_env: torch {torch.__version__}, torchrec {torchrec.__version__ if hasattr(torchrec, '__version__') else '1.8.0'}")
+if os.environ["RECSYS_DEVICE"] == "cpu" and torch.version.cuda is not None:
+    sys.exit(f"setup_env: got a CUDA build of torch ({torch.__version__}, CUDA {torch.version.cuda}) "
+             "on the cpu path; remove .venv and install torch==2.13.0 from a CPU index")
+print(f"setup_env: torch {torch.__version__} (cuda {torch.version.cuda}), torchrec 1.8.0, fbgemm_gpu ok")
 PY
 echo "$WANT" > "$STAMP"
