@@ -92,8 +92,13 @@ def test_wrong_dataset_criteo_to_avazu_and_kdd12(tmp_path: Path, capsys: pytest.
     assert "expected 12 tab-separated columns, got 40" in one_error_line(capsys.readouterr().err)
 
 
-def test_bad_rows_below_threshold_are_counted_and_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("engine", ["numba", "arrow"])
+def test_bad_rows_below_threshold_are_counted_and_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
+    real = preprocess.resolve_engine
+    monkeypatch.setattr(preprocess, "resolve_engine", lambda _e, dataset: real(engine, dataset))
     rows = criteo_rows(2000)
+    rows.insert(5, "\n")  # an empty line (line 6) is skipped but still counts for line numbers
     rows[9] = rows[9].replace("\t", "\t\t", 1)  # line 10: 41 columns
     fields = rows[1499].split("\t")
     fields[5] = "abc"  # line 1500: non-numeric I5
@@ -109,7 +114,7 @@ def test_bad_rows_below_threshold_are_counted_and_reported(tmp_path: Path, capsy
     assert f"{src}:1500: non-numeric I5 value" in err
     assert "skipped 2 malformed rows of 2000" in err
     meta = (out / "meta.json").read_text()
-    assert '"bad_rows": 2' in meta and '"rows_read": 2000' in meta
+    assert '"bad_rows": 2' in meta and '"rows_read": 2000' in meta and f'"engine": "{engine}"' in meta
     total = sum(np.load(out / f"{s}_labels.npy").shape[0] for s in ("train", "val", "test"))
     assert total == 1998
 

@@ -231,9 +231,19 @@ def test_hash_mode(tmp_path: Path) -> None:
     for v, i in zip(c3, sparse[:, 15].tolist()):
         assert by_value.setdefault(v, i) == i  # same value -> same bucket
     assert len(set(sparse[:, 15].tolist())) > 50  # values spread over the buckets
-    # stable: a second run (other chunking, 2 workers) gives identical ids
-    _, out2 = run(tmp_path, "criteo", "out2", inputs=[str(src)], hash_size=97, split=(1.0, 0.0, 0.0), chunk_mb=0.05)
+    # stable: a second run (other chunking, 2 workers: rows come back through spill files) gives identical ids
+    _, out2 = run(tmp_path, "criteo", "out2", inputs=[str(src)], hash_size=97, split=(1.0, 0.0, 0.0), chunk_mb=0.05,
+                  workers=2)
     np.testing.assert_array_equal(load(out2, "train")[1], sparse)
+    # and with a random split and gzip input, 2 workers give what 1 worker gives
+    gz = tmp_path / "c.tsv.gz"
+    gz.write_bytes(gzip.compress(src.read_bytes()))
+    outs = [run(tmp_path, "criteo", f"split{w}", inputs=[str(gz)], hash_size=97, numeric="dense", chunk_mb=0.05,
+                workers=w)[1] for w in (1, 2)]
+    for split in ("train", "val", "test"):
+        for a, b in zip(load(outs[0], split), load(outs[1], split)):
+            np.testing.assert_array_equal(a, b)
+    assert not (outs[1] / ".convert_cache").exists()
 
 
 def test_npy_appender_streams_unknown_row_count(tmp_path: Path) -> None:
@@ -245,3 +255,109 @@ def test_npy_appender_streams_unknown_row_count(tmp_path: Path) -> None:
     w.close()
     np.testing.assert_array_equal(np.load(path), np.concatenate(parts))
     np.testing.assert_array_equal(np.load(path, mmap_mode="r")[4], parts[1][2])
+
+
+# ----------------------------------------------------------------------------- compiled scanner (numba)
+
+
+def _edge_criteo_text(tmp_path: Path) -> str:
+    """Synthetic rows plus every edge the two parsers must agree on (values, CRLF, empty lines, bad rows)."""
+    src = tmp_path / "base.tsv"
+    write_criteo(src, 1500, seed=4)
+    lines = src.read_text().splitlines()
+    base = lines[0].split("\t")
+    extra = []
+    for v in ["-2", "-1", "0", "2", "3", "1000", "260.0", "", "2.5", "1e3", "-0", "+7", ".5", "5.", "65535",
+              "65536", "99999.5", "123456789012345678901", "0.000001"]:
+        for col in (1, 9):
+            f = list(base)
+            f[col] = v
+            extra.append("\t".join(f))
+    for cat in ["", "x" * 100, "68fd1e64"]:
+        f = list(base)
+        f[30] = cat
+        extra.append("\t".join(f))
+    f = list(base)
+    f[0] = "0"
+    extra.append("\t".join(f) + "\r")  # CRLF line ending
+    extra.append("")  # empty line: skipped, not a row
+    bad = [
+        "\t".join(base[:20]),  # 20 columns
+        "\t".join(base + ["extra"]),  # 41 columns
+        "\t".join(base[:3] + ["abc"] + base[4:]),  # non-numeric I3
+        "\t".join(["x"] + base[1:]),  # bad label
+        "\t".join(["-1"] + base[1:]),  # negative label
+        "\t".join(base[:12] + ["inf"] + base[13:]),  # non-finite I12
+    ]
+    rows = lines[:700] + extra + bad[:3] + lines[700:] + bad[3:]
+    return "\n".join(rows) + "\n"
+
+
+@pytest.mark.parametrize("mode", ["min_count", "hash", "dense"])
+def test_numba_engine_matches_arrow_engine(tmp_path: Path, mode: str) -> None:
+    src = tmp_path / "edge.tsv"
+    src.write_text(_edge_criteo_text(tmp_path))
+    kw: dict = {"min_count": 2} if mode == "min_count" else {"hash_size": 1009} if mode == "hash" else {
+        "numeric": "dense", "min_count": 1}
+    outs = {}
+    for engine in ("arrow", "numba"):
+        schema, out = run(tmp_path, "criteo", engine, inputs=[str(src)], engine=engine, chunk_mb=0.1,
+                          max_bad_fraction=0.01, workers=1, **kw)
+        assert schema.preprocessing["engine"] == engine
+        assert schema.preprocessing["bad_rows"] == 6
+        outs[engine] = (schema, out)
+    (sa, oa), (sn, on) = outs["arrow"], outs["numba"]
+    assert sa.splits == sn.splits and sa.vocab_sizes == sn.vocab_sizes
+    assert sa.preprocessing["rows_read"] == sn.preprocessing["rows_read"] == 1500 + 42 + 6
+    for split in ("train", "val", "test"):
+        for a, b in zip(load(oa, split), load(on, split)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_numba_scanner_reports_bad_rows_at_the_same_lines(tmp_path: Path) -> None:
+    from recsys.data.preprocess import Task, parse_chunk, scan_chunk
+    from recsys.data.raw_formats import CRITEO
+
+    data = _edge_criteo_text(tmp_path).encode()
+    task = Task(0, 0, "edge.tsv", 0, len(data), data, -1, True)
+    for numeric in ("discretize", "dense"):
+        a = parse_chunk(CRITEO, data, task, (0.8, 0.1, 0.1), 5, numeric)
+        s = scan_chunk(data, task, (0.8, 0.1, 0.1), 5, numeric)
+        assert (s.n_lines, s.n_rows, s.bad_count) == (a.n_lines, a.n_rows, a.bad_count) == (
+            data.count(b"\n"), 1500 + 42 + 6, 6)
+        assert s.bad_examples == a.bad_examples
+        lines = [line for line, _ in s.bad_examples]
+        # 700 rows, 43 edge lines (one empty), 3 bad, 800 rows, 3 bad
+        assert lines == [744, 745, 746, 1547, 1548]
+        assert "expected 40 columns, got 20" in s.bad_examples[0][1]
+        assert s.bad_examples[2][1] == "non-numeric I3 value"
+        assert s.bad_examples[3][1] == "bad label (label) value"
+        np.testing.assert_array_equal(s.split, a.split)
+        np.testing.assert_array_equal(s.labels, a.labels)
+        np.testing.assert_array_equal(s.dense, a.dense)
+        row_keys = np.stack([a.keys[f][a.indices[f]] for f in range(len(a.keys))])
+        np.testing.assert_array_equal(s.keys[:, s.good], row_keys)
+
+
+def test_numba_kernels_against_numpy() -> None:
+    from recsys.data import fast_parse as fp
+
+    rng = np.random.default_rng(0)
+    keys = mix64(rng.integers(0, 50, size=(3, 4000)).astype(np.uint64))
+    rows = np.flatnonzero(rng.random(4000) < 0.7)
+    train = rng.random(rows.size) < 0.5
+    indices, distinct, counts, off = fp.dict_encode(keys, rows, train)
+    for f in range(3):
+        d = distinct[off[f]:off[f + 1]]
+        np.testing.assert_array_equal(d[indices[f]], keys[f, rows])  # decodes back
+        assert len(set(d.tolist())) == d.size
+        u, c = np.unique(keys[f, rows[train]], return_counts=True)
+        got = dict(zip(d.tolist(), counts[off[f]:off[f + 1]].tolist()))
+        assert {k: v for k, v in got.items() if v} == dict(zip(u.tolist(), c.tolist()))
+    k, c = fp.sum_by_key(np.array([5, 7, 5, 9, 7, 5], np.uint64), np.array([1, 2, 3, 4, 5, 6]))
+    assert dict(zip(k.tolist(), c.tolist())) == {5: 10, 7: 7, 9: 4}
+    ids = fp.hashed_ids(keys, rows, 13)
+    np.testing.assert_array_equal(ids, (keys[:, rows] % np.uint64(13)).T.astype(np.int32))
+    local = rng.integers(0, 100, distinct.size).astype(np.int32)
+    got = fp.gather_ids(indices, local, off, np.arange(rows.size))
+    np.testing.assert_array_equal(got[:, 1], local[off[1] + indices[1]])

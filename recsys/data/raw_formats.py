@@ -5,7 +5,8 @@ byte chunk into dictionary-encoded columns, turn each column's *distinct values*
 into 64-bit keys, gather per row), so a dataset is fully described by its columns
 and one "kind" per column.  Work per kind is done on a chunk's distinct values
 only, which is what makes the converter fast: a 1M-row chunk has far fewer
-distinct values per column than rows.
+distinct values per column than rows.  (Criteo itself goes through the compiled
+scanner in ``recsys.data.fast_parse``, which reproduces these keys bit for bit.)
 
 Kinds:
   * ``cat``   opaque string -> stable 64-bit hash (empty string is its own value)
