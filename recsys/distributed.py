@@ -16,7 +16,7 @@ Example::
     pgs = new_subgroups(ranks) if ranks else None
     dmp = shard_module(group_module, pgs[k] if pgs else None, env,
                        EmbeddingOptimizerConfig("rowwise_adagrad", lr=0.01))
-    opt = make_optimizer(dmp, lr=1e-3)
+    opt = make_optimizer(dmp, lr=1e-3, emb_opt=EmbeddingOptimizerConfig("rowwise_adagrad", lr=0.01))
     loss = loss_fn(dmp(dense, kjt), labels); loss.backward(); opt.step()
 """
 from __future__ import annotations
@@ -42,6 +42,8 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recsys import torchrec_compat
 
+# The single source of the valid names (recsys.config imports them; it adds its own
+# "auto" / None choices on top).
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise")
 EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
 
@@ -84,6 +86,12 @@ def init_distributed(device: str = "auto") -> DistEnv:
     backend = "nccl" if device == "cuda" else "gloo"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda":
+        visible = torch.cuda.device_count()
+        if local_rank >= visible:
+            raise ValueError(
+                f"local rank {local_rank} needs GPU {local_rank} but only {visible} are visible; "
+                f"use --nproc_per_node <= {visible} or --device cpu"
+            )
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     else:
@@ -201,6 +209,20 @@ def _fused_params(emb_opt: EmbeddingOptimizerConfig) -> dict[str, Any]:
     }
 
 
+def planner_compute_kernels(device: torch.device, dense_kernel: bool) -> list[str]:
+    """Compute kernels the planner may choose from, per table.
+
+    On CUDA the planner picks ``fused`` when the tables fit in HBM and falls back
+    to ``fused_uvm_caching`` (rows in host memory, hot rows cached on the GPU) when
+    they do not.  On CPU there is only ``fused``; the dense-kernel path (Adam on
+    CPU) is planned as ``fused`` and switched to ``dense`` after planning (see
+    ``build_plan``).  NOTE: the CUDA branch is untested -- the tests run on CPU only.
+    """
+    if device.type == "cuda" and not dense_kernel:
+        return [EmbeddingComputeKernel.FUSED.value, EmbeddingComputeKernel.FUSED_UVM_CACHING.value]
+    return [EmbeddingComputeKernel.FUSED.value]
+
+
 def _ebc_tables(module: nn.Module) -> list[tuple[str, int]]:
     """(table name, embedding dim) of every table in every EBC inside ``module``."""
     return [
@@ -224,7 +246,7 @@ def build_plan(
     The planner gets a Topology for the group's size and this device type.  A forced
     sharding type becomes a ``ParameterConstraints`` on every table; for column-wise,
     ``min_partition`` is dim / group size so that each rank really holds a slice.
-    The planner only proposes ``fused`` kernels for model-parallel tables; for the
+    The kernels offered are ``planner_compute_kernels(device, dense_kernel)``; for the
     dense-kernel path (Adam on CPU) its placements are kept and the kernel is
     switched to ``dense`` -- what ``construct_module_sharding_plan(...,
     compute_kernel="dense")`` would build, without re-deriving the placements.
@@ -241,7 +263,7 @@ def build_plan(
             min_partition = dim // world
         constraints[name] = ParameterConstraints(
             sharding_types=types,
-            compute_kernels=[EmbeddingComputeKernel.FUSED.value],
+            compute_kernels=planner_compute_kernels(device, dense_kernel),
             min_partition=min_partition,
         )
     planner = EmbeddingShardingPlanner(
@@ -298,7 +320,8 @@ def shard_module(
     Keeps the module's existing (seeded) weights: the caller builds the unsharded
     module on CPU with its seed, and afterwards the sharded module holds exactly
     those values, so results do not depend on which ranks a group trained on.
-    ``module`` itself is consumed (DMP swaps its EBCs for sharded ones).  Works on
+    ``module`` itself is consumed (DMP swaps its EBCs for sharded ones).  Every
+    submodule with a ``set_process_group(pg)`` method gets the group's ``pg``.  Works on
     subgroups without global rank 0 (``recsys.torchrec_compat``).  Dense
     parameters are wrapped in DDP over ``pg``.
 
@@ -316,6 +339,12 @@ def shard_module(
     dense_kernel = uses_dense_kernel(emb_opt, env.device)
     sharder = RowWiseEBCSharder(fused_params=None if dense_kernel else _fused_params(emb_opt))
     plan = build_plan(module, group, env.device, sharder, sharding, dense_kernel)
+    # Modules with batch statistics over the group's ranks (D-MoE's de-correlation
+    # term) must use this group, not the world: see recsys/models/dmoe.py.
+    for m in module.modules():
+        set_pg = getattr(m, "set_process_group", None)
+        if callable(set_pg):
+            set_pg(group)
     # Ranks per node: where a global rank's CUDA shard lives is cuda:{rank % this}.
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", torch.cuda.device_count() or group.size()))
     torchrec_compat.globalize_placements(plan, group, max(local_world_size, 1))
@@ -327,7 +356,9 @@ def shard_module(
         sharders=[sharder],  # type: ignore[list-item]
     )
     _copy_weights(dmp, {k: v.to(env.device) for k, v in full.items()})
-    dmp.recsys_embedding_optimizer = emb_opt  # read by make_optimizer
+    # Fallback for callers that do not pass ``emb_opt`` to ``make_optimizer`` yet
+    # (recsys/train_group.py, recsys/bench/train_step.py); new code passes it.
+    dmp.recsys_embedding_optimizer = emb_opt
     return dmp
 
 
@@ -342,18 +373,23 @@ def _sharded_params(dmp: DistributedModelParallel) -> dict[str, nn.Parameter]:
 
 
 def make_optimizer(
-    dmp: DistributedModelParallel, lr: float, weight_decay: float = 0.0
+    dmp: DistributedModelParallel,
+    lr: float,
+    weight_decay: float = 0.0,
+    emb_opt: EmbeddingOptimizerConfig | None = None,
 ) -> CombinedOptimizer:
     """Adam on the dense parameters, combined with the embedding optimizer.
 
     Fused kernels: the embeddings are updated inside backward; ``dmp.fused_optimizer``
     carries their state (and lr) for checkpoints.  Dense kernel (Adam on CPU):
     ``KeyedOptimizerWrapper(torch.optim.Adam)`` over the embedding shards, with the
-    lr/eps/weight decay of the ``EmbeddingOptimizerConfig`` given to ``shard_module``.
+    lr/eps/weight decay of ``emb_opt`` -- pass the config given to ``shard_module``
+    (None: the one ``shard_module`` recorded on ``dmp``, for older callers).
     ``state_dict()`` / ``load_state_dict()`` work on the result (torchrec
     ``CombinedOptimizer``, keys prefixed ``dense.`` / ``embedding.``).
     """
-    emb_opt: EmbeddingOptimizerConfig = getattr(dmp, "recsys_embedding_optimizer", EmbeddingOptimizerConfig())
+    if emb_opt is None:
+        emb_opt = getattr(dmp, "recsys_embedding_optimizer", EmbeddingOptimizerConfig())
     emb_params = _sharded_params(dmp)
     emb_ids = {id(p) for p in emb_params.values()}
     dense_params = {

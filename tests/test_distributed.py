@@ -18,9 +18,11 @@ from recsys.distributed import (
     EmbeddingOptimizerConfig,
     ShardingConfig,
     group_schedule,
+    init_distributed,
     make_optimizer,
     new_subgroups,
     plan_sharding_types,
+    planner_compute_kernels,
     shard_module,
 )
 from recsys.models import MODELS, build_member
@@ -165,8 +167,13 @@ def _body_train_step(rank: int, world_size: int, spec: str) -> dict[str, dict[st
     out = {}
     for name in ("rowwise_adagrad", "adam"):
         member = build_member(spec, schema, name="m0")
-        dmp = shard_module(member, None, env, EmbeddingOptimizerConfig(name, lr=0.05), ShardingConfig("table_wise"))
-        opt = make_optimizer(dmp, lr=1e-2)
+        emb_opt = EmbeddingOptimizerConfig(name, lr=0.05)
+        dmp = shard_module(member, None, env, emb_opt, ShardingConfig("table_wise"))
+        del dmp.recsys_embedding_optimizer  # the explicit argument must suffice
+        opt = make_optimizer(dmp, lr=1e-2, emb_opt=emb_opt)
+        emb_dense_lrs = {
+            g["lr"] for key, o in opt.optimizers if key == "embedding_dense" for g in o.param_groups
+        }
         before = _param_snapshot(dmp)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(dmp(dense, kjt), labels)
         loss.backward()
@@ -193,6 +200,7 @@ def _body_train_step(rank: int, world_size: int, spec: str) -> dict[str, dict[st
             "dense_delta": dense_delta,
             "has_dense_state": float("dense" in groups),
             "has_emb_state": float(any(g.startswith("embedding") for g in groups)),
+            "emb_dense_lrs": sorted(emb_dense_lrs),
         }
     return out
 
@@ -205,6 +213,8 @@ def test_train_step_updates_dense_and_embeddings() -> None:
             assert d["num_emb_tables"] >= 1, f"rank {r} {name}: holds no table"
             assert d["wrong_rows"] == 0, f"rank {r} {name}: {d['wrong_rows']} rows moved iff unused"
             assert d["has_dense_state"] and d["has_emb_state"], f"rank {r} {name}: optimizer state {d}"
+            # Adam on CPU: torch Adam over the tables with emb_opt's lr; fused: none.
+            assert d["emb_dense_lrs"] == ([0.05] if name == "adam" else []), f"rank {r} {name}: {d}"
 
 
 @pytest.mark.parametrize(
@@ -229,6 +239,21 @@ def test_bad_configs_fail_with_one_line() -> None:
         ShardingConfig("data_parallel")
     with pytest.raises(ValueError, match="world_size"):
         group_schedule(0, [[0]])
+
+
+def test_cuda_local_rank_beyond_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    with pytest.raises(ValueError, match=r"local rank 3 needs GPU 3 but only 2 are visible; use --nproc_per_node <= 2"):
+        init_distributed("cuda")
+
+
+def test_planner_compute_kernels() -> None:
+    # CUDA: the planner may fall back to UVM caching when tables do not fit in HBM.
+    assert planner_compute_kernels(torch.device("cuda"), dense_kernel=False) == ["fused", "fused_uvm_caching"]
+    assert planner_compute_kernels(torch.device("cpu"), dense_kernel=False) == ["fused"]
+    assert planner_compute_kernels(torch.device("cpu"), dense_kernel=True) == ["fused"]
 
 
 def _body_fails(rank: int, world_size: int) -> None:

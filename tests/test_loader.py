@@ -6,7 +6,6 @@ test can tell which source rows a batch holds.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -236,6 +235,22 @@ def test_global_batch_resume_and_errors(tmp_path):
     got += [_row_ids(b) for b in resumed]
     assert len(got) == len(full) == 400 // 32
     assert all(np.array_equal(x, y) for x, y in zip(got, full))
+    # Global batches: the order does not depend on rank/world size, so the state of
+    # rank 1 of 2 resumes a 1-rank or a 4-rank group at the same global step.
+    one_kw = {**kw, "rank": 0, "world_size": 1}
+    ref = _epoch_ids(make_loader(tmp_path, "train", 32, **one_kw), 0)
+    on_one = make_loader(tmp_path, "train", 32, **one_kw)
+    on_one.load_state_dict(sd)
+    rest = [_row_ids(b) for b in on_one]
+    assert len(rest) == len(ref) - 4 and all(np.array_equal(x, y) for x, y in zip(rest, ref[4:]))
+    on_four = make_loader(tmp_path, "train", 32, **{**kw, "rank": 3, "world_size": 4})
+    on_four.load_state_dict(sd)
+    assert np.array_equal(_row_ids(next(iter(on_four))), on_four.batch_rows(0, 4))
+    assert set(on_four.batch_rows(0, 4)) <= set(ref[4])
+    with pytest.raises(LoaderError, match="seed=2"):  # the rest is still checked
+        make_loader(tmp_path, "train", 32, **{**one_kw, "seed": 3}).load_state_dict(sd)
+    with pytest.raises(LoaderError, match="batch_size=32"):
+        make_loader(tmp_path, "train", 64, **one_kw).load_state_dict(sd)
     with pytest.raises(LoaderError, match="global_batch"):  # a contiguous-range state does not fit
         make_loader(tmp_path, "train", 32, **{**kw, "global_batch": False}).load_state_dict(sd)
     with pytest.raises(LoaderError, match=r"batch_size=30 .*multiple of world_size=4") as e:
@@ -312,6 +327,9 @@ def test_state_dict_refuses_other_setup(tmp_path):
         make_loader(tmp_path, "train", 8, shuffle=True).load_state_dict(sd)
     with pytest.raises(LoaderError, match="seed"):
         make_loader(tmp_path, "train", 16, shuffle=True, seed=1).load_state_dict(sd)
+    # Contiguous ranges: each rank's rows depend on the world size, so it must match.
+    with pytest.raises(LoaderError, match="world_size=1"):
+        make_loader(tmp_path, "train", 16, shuffle=True, rank=0, world_size=2).load_state_dict(sd)
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -457,28 +475,33 @@ def test_errors_are_one_line_and_name_the_file(tmp_path):
     )
 
 
-# ----------------------------------------------------------------------------- throughput (printed)
+# ----------------------------------------------------------------------------- wide schema + prefetch
+# (throughput is measured by ``python -m recsys.bench.loader``, not here)
 
 
-def test_throughput_printed(tmp_path, capsys):
-    """Prints batches/s for batch 4096 on 200k rows (26 sparse, 13 dense); asserts only correctness."""
-    n, F, Dd = 200_000, 26, 13
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_wide_schema_prefetch_covers_every_row_once(tmp_path, shuffle):
+    """Criteo-like width (26 sparse, 13 dense), prefetching, a ragged last batch:
+    one epoch yields every row exactly once, with its own ids and label."""
+    n, F, Dd = 3000, 26, 13
     rng = np.random.default_rng(0)
     Schema(
-        "bench", tuple(SparseFeature(f"C{i}", 1000) for i in range(F)), tuple(f"I{i}" for i in range(Dd)),
+        "wide", tuple(SparseFeature(f"C{i}", 1000) for i in range(F)), tuple(f"I{i}" for i in range(Dd)),
         splits={"train": n},
     ).save(tmp_path)
-    np.save(tmp_path / "train_sparse.npy", rng.integers(0, 1000, (n, F), dtype=np.int32))
-    np.save(tmp_path / "train_dense.npy", rng.standard_normal((n, Dd), dtype=np.float32))
-    np.save(tmp_path / "train_labels.npy", (rng.random(n) < 0.3).astype(np.float32))
-    lines = []
-    for shuffle in (False, True):
-        loader = make_loader(tmp_path, "train", 4096, shuffle=shuffle, prefetch=2)
-        list(loader)  # warm the page cache
-        t = time.perf_counter()
-        count = sum(len(b.labels) for b in loader)
-        dt = time.perf_counter() - t
-        assert count == n
-        lines.append(f"loader throughput (shuffle={shuffle}): {len(loader) / dt:.0f} batches/s of 4096, {n / dt / 1e6:.2f} M rows/s")
-    with capsys.disabled():
-        print("\n" + "\n".join(lines))
+    sparse = rng.integers(0, 1000, (n, F), dtype=np.int32)
+    dense = rng.standard_normal((n, Dd), dtype=np.float32)
+    dense[:, 0] = np.arange(n)  # row id
+    labels = (rng.random(n) < 0.3).astype(np.float32)
+    for kind, a in (("sparse", sparse), ("dense", dense), ("labels", labels)):
+        np.save(tmp_path / f"train_{kind}.npy", a)
+    loader = make_loader(tmp_path, "train", 512, shuffle=shuffle, prefetch=2, seed=1)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 6  # 5 x 512 + 440
+    rows = np.concatenate([_row_ids(b) for b in batches])
+    np.testing.assert_array_equal(np.sort(rows), np.arange(n))
+    assert np.array_equal(rows, np.arange(n)) != shuffle
+    last = batches[-1]
+    ids = last.sparse_features.values().view(F, -1)  # KJT values are key-major: [F, B]
+    np.testing.assert_array_equal(ids.numpy().T, sparse[_row_ids(last)])
+    np.testing.assert_array_equal(last.labels.numpy(), labels[_row_ids(last)])

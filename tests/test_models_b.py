@@ -5,17 +5,21 @@ for every registered model in tests/test_models.py.
 """
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode
 from torchrec.datasets.utils import Batch
 
 from recsys.data.batch import batch_from_arrays
 from recsys.data.schema import Schema
 from recsys.models import SpecError, build_member
-from recsys.models.dmoe import decorrelation_loss
+from recsys.models.dmoe import DMoEInteraction, decorrelation_loss
 from recsys.models.rankmixer import RankMixerLayer, token_mixing_permutation
 from recsys.models.wukong import WukongLayer
+from tests.dist_harness import run_ranks
 from tests.toy_data import toy_arrays, toy_schema
 
 SMALL = "mlp=32-16"
@@ -151,8 +155,28 @@ def test_decorrelation_loss_low_for_independent_high_for_identical() -> None:
     assert independent.item() < 3 * P / B
     identical.backward()
     assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
-    constant = decorrelation_loss([torch.ones(B, P), torch.randn(B, P)])  # dead units: no NaN
-    assert torch.isfinite(constant)
+    dead = torch.ones(B, P, requires_grad=True)
+    constant = decorrelation_loss([dead, torch.randn(B, P)])  # dead units: no NaN, forward or backward
+    constant.backward()
+    assert torch.isfinite(constant) and torch.isfinite(dead.grad).all()
+
+
+def _reference_decorrelation(outputs: list[torch.Tensor], eps: float = 1e-5) -> torch.Tensor:
+    """The module doc's formula, standardizing each output over the local batch."""
+    B, P = outputs[0].shape
+    zhat = [(z - z.mean(0)) / (z.std(0, correction=0) + eps) for z in outputs]
+    pairs = [(i, j) for i in range(len(zhat)) for j in range(i + 1, len(zhat))]
+    return torch.stack([(zhat[i].t() @ zhat[j] / B).pow(2).sum() / P for i, j in pairs]).mean()
+
+
+def test_decorrelation_loss_matches_standardized_formula() -> None:
+    torch.manual_seed(1)
+    B, P = 96, 6
+    base = torch.randn(B, P)
+    outputs = [base + 0.5 * torch.randn(B, P) * k for k in range(4)]  # correlated, partly
+    got, want = decorrelation_loss(outputs), _reference_decorrelation(outputs)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert decorrelation_loss(outputs[:1]).item() == 0.0  # one expert: nothing to de-correlate
 
 
 def test_dmoe_auxiliary_loss_is_finite_differentiable_and_training_only() -> None:
@@ -164,6 +188,9 @@ def test_dmoe_auxiliary_loss_is_finite_differentiable_and_training_only() -> Non
     member(batch.dense_features, batch.sparse_features)
     aux = member.auxiliary_loss()
     assert aux is not None and aux.dim() == 0 and torch.isfinite(aux) and aux.requires_grad
+    # Consumed: the member no longer holds the batch's graph; a second call has nothing.
+    assert member.interaction.last_expert_outputs is None
+    assert member.auxiliary_loss() is None
     aux.backward()
     ebc = member.sparse_arch.embedding_bag_collection
     for k in range(3):  # the term reaches every expert's own embeddings
@@ -186,3 +213,47 @@ def test_dmoe_decorrelation_weight_scales_and_bad_experts_fail() -> None:
         build_member("dmoe:experts=cross-attention", schema)
     with pytest.raises(SpecError, match="unknown key"):
         build_member("multiembed:sets=2", schema)
+
+
+def _body_dmoe_group_moments(rank: int, world_size: int, spec: str) -> dict[str, float]:
+    """D-MoE sharded on 2 ranks, each with half of a batch: the de-correlation term
+    and the gradients equal the unsharded member's on the whole batch."""
+    from recsys.distributed import DistEnv, EmbeddingOptimizerConfig, ShardingConfig, shard_module
+
+    schema = toy_schema(num_fields=4, vocab=30)
+    full = make_batch(schema, n=64)
+    member = build_member(spec, schema, "moe")
+    ref = copy.deepcopy(member).train()
+    ref_logits = ref(full.dense_features, full.sparse_features)
+    ref_aux = ref.auxiliary_loss()
+    ref_loss = torch.nn.functional.binary_cross_entropy_with_logits(ref_logits, full.labels) + ref_aux
+    ref_loss.backward()
+    (ref_inter,) = [m for m in ref.modules() if isinstance(m, DMoEInteraction)]
+    ref_grad = ref_inter.experts[0].mlp.layers[0].weight.grad  # type: ignore[index]
+
+    env = DistEnv(rank, world_size, rank, torch.device("cpu"), "gloo")
+    dmp = shard_module(member, None, env, EmbeddingOptimizerConfig(), ShardingConfig("table_wise"))
+    (inter,) = [m for m in dmp.modules() if isinstance(m, DMoEInteraction)]
+    dense, sparse, labels = toy_arrays(schema, 64, 0)  # the arrays of ``full``
+    sl = slice(rank * 32, (rank + 1) * 32)
+    local = batch_from_arrays(dense[sl], sparse[sl], labels[sl], schema.sparse_names)
+    dmp.train()
+    logits = dmp(local.dense_features, local.sparse_features)
+    aux = inter.decorrelation()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, local.labels) + aux
+    loss.backward()
+    grad = inter.experts[0].mlp.layers[0].weight.grad  # type: ignore[index]
+    dist.barrier()
+    return {
+        "same_group": float(inter.process_group is dist.group.WORLD),
+        "aux_err": abs(aux.item() - ref_aux.item()) / ref_aux.item(),
+        "grad_err": ((grad - ref_grad).abs().max() / ref_grad.abs().max()).item(),
+    }
+
+
+def test_dmoe_decorrelation_uses_the_groups_whole_batch() -> None:
+    results = run_ranks(_body_dmoe_group_moments, 2, f"dmoe:{SMALL},expert_mlp=8,decorrelation_weight=0.5,dropout=0")
+    for r, res in enumerate(results):
+        assert res["same_group"] == 1.0, f"rank {r}: shard_module did not hand the group's pg to D-MoE"
+        assert res["aux_err"] < 1e-5, f"rank {r}: 2-rank term differs from the whole batch's: {res}"
+        assert res["grad_err"] < 1e-4, f"rank {r}: 2-rank gradient differs from the whole batch's: {res}"

@@ -637,11 +637,18 @@ class CTRLoader:
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        """The next ``iter()`` resumes at batch ``batches_consumed`` of ``epoch``, same order."""
+        """The next ``iter()`` resumes at batch ``batches_consumed`` of ``epoch``, same order.
+
+        In global-batch mode the state may come from a different rank or world size:
+        the row order and the plan do not depend on them (and the model checkpoint is
+        resharded by DCP), so only rank/world_size are exempt from the check.
+        """
         mine = self.state_dict()
         sd = {"global_batch": False, **sd}  # states saved before global batches existed
-        keys = ("version", "global_batch", "seed", "shuffle", "shuffle_window", "num_rows", "rank", "world_size",
-                "batch_size", "num_batches")
+        keys: tuple[str, ...] = ("version", "global_batch", "seed", "shuffle", "shuffle_window", "num_rows",
+                                 "rank", "world_size", "batch_size", "num_batches")
+        if self.global_batch and sd["global_batch"]:
+            keys = tuple(k for k in keys if k not in ("rank", "world_size"))
         for k in keys:
             if k not in sd:
                 raise LoaderError(f"loader state has no {k!r}: not from CTRLoader.state_dict()")

@@ -30,14 +30,30 @@ expert j), and penalize its squared Frobenius norm scaled by 1/P::
 
 It is ~P/B for independent experts, and >= 1 (times the weight) for identical
 ones, since the diagonal of C_ii alone is P ones.  It is returned by
-``auxiliary_loss()`` and added to the group's BCE by the group loss.
+``auxiliary_loss()`` and added to the group's BCE by the group loss;
+``auxiliary_loss()`` then drops the kept outputs, so the batch's autograd graph
+is not held until the next forward (a second call returns None).
+
+Rank-count independence.  The batch moments (sums of z_e, z_e^2 and z_i^T z_j)
+are summed over the group's ranks before the correlations are formed, so on G
+ranks the term is the one of the whole global batch, as on one rank, and its
+gradient is too (the all-reduce's backward sums the ranks' gradients, G times
+the per-rank share, which DDP / TorchRec's gradient division then average).
+The group is the one the member is sharded on: ``recsys.distributed.shard_module``
+calls ``set_process_group(pg)`` on every module that has it.  Not the default
+(world) group: in the parallel schedule that spans other groups, which train
+other members (a collective there would mix them, or hang).  Without a group,
+or of size 1, the moments are the local batch's.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from recsys.data.schema import Schema
 from recsys.models.blocks import MLP, num_tokens
@@ -97,8 +113,36 @@ class Expert(nn.Module):
         return self.features.flops_per_example() + self.mlp.flops_per_example()
 
 
-def decorrelation_loss(outputs: list[torch.Tensor], eps: float = 1e-5) -> torch.Tensor:
+class _SumOverGroup(torch.autograd.Function):
+    """all_reduce(SUM) with the matching backward (the gradient is summed too).
+
+    ``torch.distributed.nn.functional.all_reduce`` does the same but is deprecated
+    in torch 2.13, and ``_functional_collectives.all_reduce`` has no backward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, pg: dist.ProcessGroup) -> torch.Tensor:
+        ctx.pg = pg
+        out = x.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=pg)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        out = grad.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=ctx.pg)
+        return out, None
+
+
+def decorrelation_loss(
+    outputs: list[torch.Tensor], eps: float = 1e-5, process_group: dist.ProcessGroup | None = None
+) -> torch.Tensor:
     """mean over expert pairs i<j of ||C_ij||_F^2 / P, C_ij the [P, P] batch cross-correlation.
+
+    The batch is the union of the slices of ``process_group``'s ranks (each passes
+    its own ``outputs``; all must call this together), or the local batch for None.
+    Moments are accumulated in float64: the raw sums are only subtracted after the
+    all-reduce (one collective instead of two), and float64 keeps that exact enough.
 
     Example::
 
@@ -106,22 +150,41 @@ def decorrelation_loss(outputs: list[torch.Tensor], eps: float = 1e-5) -> torch.
         decorrelation_loss([z, z])                      # >= 1: identical experts
         decorrelation_loss([z, torch.randn(256, 8)])    # ~ P/B = 0.03
     """
-    B, P = outputs[0].shape
-    zhat = [(z - z.mean(0)) / (z.std(0, correction=0) + eps) for z in outputs]  # E x [B, P]
-    terms = [
-        (zhat[i].t() @ zhat[j] / B).pow(2).sum() / P
-        for i in range(len(zhat))
-        for j in range(i + 1, len(zhat))
-    ]
-    if not terms:  # one expert: nothing to de-correlate
+    E = len(outputs)
+    if E < 2:  # one expert: nothing to de-correlate
         return outputs[0].new_zeros(())
-    return torch.stack(terms).mean()
+    P = outputs[0].shape[1]
+    z = torch.stack(outputs).double()  # [E, B, P]
+    pairs = [(i, j) for i in range(E) for j in range(i + 1, E)]
+    cross = torch.stack([z[i].t() @ z[j] for i, j in pairs])  # [E(E-1)/2, P, P]
+    count = z.new_ones(1) * z.shape[1]  # B; no float(): stays traceable under FX
+    # One flat vector: [count | sum z (E*P) | sum z^2 (E*P) | sum z_i^T z_j]
+    flat = torch.cat([count, z.sum(1).flatten(), z.pow(2).sum(1).flatten(), cross.flatten()])
+    if process_group is not None and process_group.size() > 1 and not is_fx_symbolic_tracing():
+        # Skipped while FX traces (TorchRec's pipeline traces only to find the
+        # sharded modules' inputs and then runs the original forward).
+        flat = _SumOverGroup.apply(flat, process_group)
+    n = flat[0]
+    mean = flat[1 : 1 + E * P].view(E, P) / n  # [E, P]
+    sq = flat[1 + E * P : 1 + 2 * E * P].view(E, P) / n
+    # Population std, [E, P]; the clamp keeps sqrt's gradient finite for dead units.
+    std = (sq - mean.pow(2)).clamp_min(eps * eps).sqrt() + eps
+    cross = flat[1 + 2 * E * P :].view(len(pairs), P, P) / n
+    terms = [
+        ((cross[k] - mean[i].unsqueeze(1) * mean[j].unsqueeze(0)) / (std[i].unsqueeze(1) * std[j].unsqueeze(0)))
+        .pow(2)
+        .sum()
+        / P
+        for k, (i, j) in enumerate(pairs)
+    ]
+    return torch.stack(terms).mean().to(outputs[0].dtype)
 
 
 class DMoEInteraction(nn.Module):
     """Experts on their own embedding sets, softmax-gated: [B, E, T, D] -> [B, P].
 
-    A training forward keeps the expert outputs for ``decorrelation()``.
+    A training forward keeps the expert outputs for ``decorrelation()``, which
+    drops them again.
 
     Example::
 
@@ -137,6 +200,14 @@ class DMoEInteraction(nn.Module):
         self.output_dim = cfg.expert_mlp[-1]
         self.decorrelation_weight = cfg.decorrelation_weight
         self.last_expert_outputs: list[torch.Tensor] | None = None
+        self.process_group: dist.ProcessGroup | None = None  # see set_process_group
+
+    def set_process_group(self, pg: dist.ProcessGroup | None) -> None:
+        """The group whose ranks' slices form the batch of the de-correlation term.
+
+        Called by ``recsys.distributed.shard_module`` with the group's process group.
+        """
+        self.process_group = pg
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         z = [expert(tokens[:, e]) for e, expert in enumerate(self.experts)]  # E x [B, P]
@@ -146,10 +217,14 @@ class DMoEInteraction(nn.Module):
         return h
 
     def decorrelation(self) -> torch.Tensor | None:
-        """The weighted de-correlation term of the last training forward, or None."""
-        if self.last_expert_outputs is None:
+        """The weighted de-correlation term of the last training forward, or None.
+
+        Consumes the kept outputs: the returned term holds the graph from here on.
+        """
+        outputs, self.last_expert_outputs = self.last_expert_outputs, None
+        if outputs is None:
             return None
-        return self.decorrelation_weight * decorrelation_loss(self.last_expert_outputs)
+        return self.decorrelation_weight * decorrelation_loss(outputs, process_group=self.process_group)
 
     def flops_per_example(self) -> int:
         gate = 2 * self.gate.in_features * self.gate.out_features
