@@ -4,23 +4,33 @@ Every check that can fail on user input runs in ``load_config``, in the launchin
 process and before any process group exists, so a typo costs a one-line error and
 not a hung torchrun world.
 
-Example (``configs/demo.toml``)::
+Example (``configs/demo.toml``, abridged)::
 
     name = "demo"
-    data_dir = "data/demo/criteo"
-    members = ["fnn:mlp=64-32,seed=1", "fnn:mlp=64-32,seed=2", "fnn:mlp=32,seed=3", "fnn:mlp=32,seed=4"]
-    groups = [[0, 1], [2, 3]]      # default: one group per member (K = M)
+    data_dir = "data/demo/criteo"     # meta.json must list train, val and test splits with rows > 0
+    members = [
+      "dcnv2:seed=1,embedding_dim=8,mlp=64-32,cross_layers=2",
+      "fnn:seed=2,embedding_dim=8,mlp=64-32",
+      "deepfm:seed=3,embedding_dim=8,mlp=64-32",
+      "dcnv2:seed=4,embedding_dim=8,mlp=64-32,cross_layers=2",
+    ]
+    groups = [[0, 1], [2, 3]]         # default: one group per member (K = M)
+    device = "auto"                   # auto | cpu | cuda ("cuda" without CUDA is a ConfigError)
 
     [train]
-    batch_size = 512               # global batch of one group (split over its ranks)
+    batch_size = 1024                 # global batch of one group (split over its ranks)
+    eval_batch_size = 4096
     epochs = 3
-    patience = 1                   # stop at the first epoch without a val-AUC gain
+    patience = 1                      # stop at the first epoch without a val-AUC gain
+    checkpoint_interval = 100
+    log_every = 10
 
-    [dense_optimizer]              # torch.optim.Adam on the dense parameters
+    [dense_optimizer]                 # torch.optim.Adam on the dense parameters
     lr = 1e-3
 
-    [embedding_optimizer]          # TorchRec fused optimizer; "auto" = rowwise_adagrad on CPU, adam on GPU
-    name = "auto"
+    [embedding_optimizer]             # TorchRec fused optimizer
+    name = "rowwise_adagrad"          # "auto" = adam on GPU, rowwise_adagrad on CPU
+    lr = 0.02                         # omit to take the optimizer's default (AUTO_EMBEDDING_LR)
 
 ``load_config(path, ["train.epochs=1", "seed=3"])`` applies ``--set`` overrides
 (values are TOML literals; bare words are strings).
@@ -45,6 +55,12 @@ class ConfigError(ValueError):
 EMBEDDING_OPTIMIZERS = ("auto", "rowwise_adagrad", "adagrad", "sgd", "adam")
 SHARDING_TYPES = (None, "table_wise", "row_wise", "column_wise")
 DEVICES = ("auto", "cpu", "cuda")
+REQUIRED_SPLITS = ("train", "val", "test")
+# Embedding lr when [embedding_optimizer] gives none.  Adagrad-family steps shrink with the
+# accumulated squared gradient, so they need a ~10-20x larger lr than Adam to move the rows
+# as far in one epoch (Adam's 1e-3 on rowwise_adagrad leaves the embeddings near their init);
+# 0.02 is what configs/demo.toml trains with on CPU.
+AUTO_EMBEDDING_LR = {"adam": 1e-3, "rowwise_adagrad": 0.02, "adagrad": 0.02, "sgd": 0.01}
 
 
 @dataclass
@@ -75,11 +91,12 @@ class EmbeddingOptimizerSection:
     """Becomes ``recsys.distributed.EmbeddingOptimizerConfig`` once the device is known."""
 
     name: str = "auto"
-    lr: float = 0.01
+    lr: float | None = None  # None: AUTO_EMBEDDING_LR[resolved name], so "auto" never pairs Adam's lr with Adagrad
     eps: float = 1e-8
     weight_decay: float = 0.0
 
     def resolve(self, device_type: str) -> Any:
+        """Example: ``EmbeddingOptimizerSection().resolve("cpu")`` -> rowwise_adagrad, lr 0.02."""
         from recsys.distributed import EmbeddingOptimizerConfig
 
         name = self.name
@@ -87,7 +104,8 @@ class EmbeddingOptimizerSection:
             # Adam on embeddings is what the reference trains with; TorchRec's CPU kernels
             # only fuse the Adagrad/SGD family, so CPU defaults to row-wise Adagrad.
             name = "adam" if device_type == "cuda" else "rowwise_adagrad"
-        return EmbeddingOptimizerConfig(name=name, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
+        lr = AUTO_EMBEDDING_LR[name] if self.lr is None else self.lr
+        return EmbeddingOptimizerConfig(name=name, lr=lr, eps=self.eps, weight_decay=self.weight_decay)
 
 
 @dataclass
@@ -181,6 +199,8 @@ def _apply_override(raw: dict[str, Any], item: str, src: str) -> None:
 def _check_type(value: Any, tp: Any, where: str) -> Any:
     """TOML already types values; this catches e.g. a string where an int belongs."""
     tp_s = str(tp)
+    if tp_s.endswith(" | None"):  # optional fields: TOML has no null, so a value is always given
+        tp_s = tp = tp_s.removesuffix(" | None")
     if tp_s in ("int", "<class 'int'>") or tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
@@ -270,17 +290,32 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>", check_data: 
         raise ConfigError(f"{source}: train.log_every must be positive, got {t.log_every}")
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"{source}: name must be a non-empty string without '/', got {cfg.name!r}")
-    if cfg.dense_optimizer.lr <= 0 or cfg.embedding_optimizer.lr <= 0:
+    emb_lr = cfg.embedding_optimizer.lr
+    if cfg.dense_optimizer.lr <= 0 or (emb_lr is not None and emb_lr <= 0):
         raise ConfigError(f"{source}: learning rates must be positive")
+    if cfg.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"{source}: device = \"cuda\" but torch.cuda.is_available() is False "
+                "(use device = \"auto\" or \"cpu\", or the CUDA stack: RECSYS_DEVICE=gpu bash scripts/setup_env.sh)"
+            )
 
     if check_data:
         try:
             schema = Schema.load(cfg.data_dir)
         except SchemaError as e:
             raise ConfigError(f"{source}: data_dir: {e}") from None
-        missing = [s for s in ("train", "val") if schema.splits and s not in schema.splits]
-        if missing:
-            raise ConfigError(f"{source}: data_dir {cfg.data_dir}: meta.json has no {missing[0]!r} split")
+        # All three up front: an empty val split makes every epoch's AUC NaN (early stopping
+        # then stops silently), and a missing test split would only fail after training.
+        meta = Path(cfg.data_dir) / "meta.json"
+        for split in REQUIRED_SPLITS:
+            if split not in schema.splits:
+                have = ", ".join(sorted(schema.splits)) or "none"
+                raise ConfigError(f"{source}: data_dir: {meta} has no {split!r} split (splits: {have})")
+            if schema.splits[split] <= 0:
+                raise ConfigError(f"{source}: data_dir: {meta}: split {split!r} has {schema.splits[split]} rows")
     return cfg
 
 

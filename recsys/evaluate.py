@@ -577,8 +577,12 @@ def evaluate_split(
     dst: int | None = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    pin_memory: bool | None = None,
 ) -> EvalResult:
     """Scores ``split`` of ``data_dir`` with one group's model on this rank's row range.
+
+    ``pin_memory`` (default: on for a CUDA device) lets the batches' ``non_blocking``
+    host-to-device copies actually overlap; from pageable memory they run synchronously.
 
     The group's ranks split the rows with ``rank_row_range(N, group_rank, group_size)``
     (``make_loader``'s plan), and every rank of ``world`` joins the assembly.
@@ -592,8 +596,10 @@ def evaluate_split(
 
     # equal_batches: every rank of the group runs the same number of forwards (the
     # sharded EBCs do collectives per batch); rows stay rank_row_range's, each once.
+    if pin_memory is None:
+        pin_memory = torch.device(device).type == "cuda"
     loader = make_loader(data_dir, split, batch_size, rank=group_rank, world_size=group_size,
-                         shuffle=False, drop_last=False, equal_batches=True)
+                         shuffle=False, drop_last=False, equal_batches=True, pin_memory=pin_memory)
     num_rows = int(loader.split.num_rows)
     start = int(loader.plan.row_start)
     return evaluate_batches(
@@ -613,32 +619,47 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog="""examples:
   python -m recsys.evaluate --config configs/demo.toml --checkpoint checkpoints/demo
   python -m recsys.evaluate --config configs/demo.toml --checkpoint checkpoints/demo --split val --out runs/demo-eval
+  python -m recsys.evaluate --config configs/demo.toml --checkpoint checkpoints/demo --device cuda
 """,
     )
     p.add_argument("--config", required=True, help="experiment TOML (members, groups, data_dir)")
     p.add_argument("--checkpoint", required=True, help="checkpoint dir of the run, holding group0/, group1/, ...")
-    p.add_argument("--split", default="test", help="eval split (default: test)")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="eval split (default: test)")
     p.add_argument("--batch-size", type=int, default=0, help="eval batch size (default: from the config)")
     p.add_argument("--out", default=None, help="report directory (default: the config's run dir)")
     p.add_argument("--which", choices=("best", "latest"), default="best", help="checkpoint of each group to load")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. data_dir=data/x")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                   help="where to run the forwards (default: the config's device; auto = cuda if available)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Single-process evaluation of saved checkpoints (DCP reshards them into unsharded groups)."""
     args = _build_parser().parse_args(argv)
-    from recsys.checkpoint import GroupCheckpointer
-    from recsys.config import ConfigError, load_config
-    from recsys.data.schema import Schema, SchemaError
-    from recsys.ensemble import build_group
+    from recsys.config import ConfigError
+    from recsys.data.loader import LoaderError
+    from recsys.data.schema import SchemaError
+    from recsys.models.spec import SpecError
 
     try:
-        cfg = load_config(args.config, args.set)
-        schema = Schema.load(cfg.data_dir)
-    except (ConfigError, SchemaError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        return _run_cli(args)
+    except (ConfigError, SchemaError, LoaderError, SpecError) as e:
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    from recsys.checkpoint import GroupCheckpointer
+    from recsys.config import load_config
+    from recsys.data.schema import Schema
+    from recsys.ensemble import build_group
+
+    # load_config checks the splits and that a requested cuda device exists (one-line errors).
+    cfg = load_config(args.config, list(args.set) + ([f"device={args.device}"] if args.device else []))
+    schema = Schema.load(cfg.data_dir)
+    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
     names = cfg.member_names
     batch_size = args.batch_size or cfg.train.eval_batch_size or cfg.train.batch_size
     ckpt_root = Path(args.checkpoint)
@@ -656,11 +677,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if step is None:
             step = steps[-1]
             ckpt.load(step, model, None)
+        model.to(device)
         res = evaluate_split(model, cfg.data_dir, args.split, batch_size, columns=list(range(len(idx))),
-                             num_members=len(idx), progress=True)
+                             num_members=len(idx), device=device, progress=True)
         assert res.member_logits is not None and res.labels is not None
-        blocks.append(res.member_logits)
-        labels = res.labels
+        blocks.append(res.member_logits.float().cpu())
+        labels = res.labels.float().cpu()
         t_forward += res.timings["forward"]
         print(f"group {k} ({', '.join(names[i] for i in idx)}): step {step}, {res.member_logits.shape[0]} rows")
     order = [i for g in cfg.groups for i in g]

@@ -15,6 +15,20 @@ Why one writer per group: in the parallel schedule a group's losses live on that
 group's ranks only; gathering them to rank 0 every few steps would couple the
 groups' loops (and deadlock once one group stops early).
 
+Why no per-epoch ensemble curve: the ensemble's val AUC needs every member's logits
+for the same model state, but groups do not reach "epoch e" together.  In parallel,
+each group runs its own epochs and early stopping (a per-epoch world collective would
+deadlock once one group stops, and would tie every group to the slowest); in sequence,
+group 1 has not started when group 0 finishes.  So the per-epoch signal is each
+group's own: ``val/auc/group<k>`` (the AUC of the group's mean logit, which is the
+ensemble's when K = 1, and the early-stopping signal), next to its members' AUCs.
+The ensemble's val and test metrics are logged once, for the restored best members
+(``final_val/...``, ``test/...``).
+
+After ``--resume`` the group writers open with ``purge_step`` = checkpoint step + 1:
+the steps after the checkpoint are trained again, and TensorBoard drops the killed
+run's events for them, so every step appears once.
+
 Tags (``<m>`` = member name such as ``m0_fnn``)::
 
     train/loss/group<k>, train/examples_per_s/group<k>           (group<k>/)
@@ -44,8 +58,10 @@ class RunLogger:
         self.writer = SummaryWriter(log_dir=str(self.run_dir))
 
     @staticmethod
-    def group_writer(cfg: ExperimentConfig, k: int) -> SummaryWriter:
-        return SummaryWriter(log_dir=str(cfg.run_dir / f"group{k}"))
+    def group_writer(cfg: ExperimentConfig, k: int, purge_step: int | None = None) -> SummaryWriter:
+        """Group k's writer.  ``purge_step`` (after a resume: checkpoint step + 1) makes
+        TensorBoard drop the killed run's events from that step on, which are replayed."""
+        return SummaryWriter(log_dir=str(cfg.run_dir / f"group{k}"), purge_step=purge_step)
 
     def _log_report(self, prefix: str, report: Any) -> None:
         w = self.writer

@@ -136,7 +136,10 @@ def _segments(total: int, done: int, *intervals: int) -> Iterator[int]:
 class GroupTrainer:
     """Trains one group on this rank: DMP, fused + dense optimizer, pipeline, checkpoints, early stopping."""
 
-    def __init__(self, cfg: ExperimentConfig, env: Any, run: GroupRun, writer: Any, show_progress: bool) -> None:
+    def __init__(
+        self, cfg: ExperimentConfig, env: Any, run: GroupRun, open_writer: Callable[[int | None], Any] | None,
+        show_progress: bool,
+    ) -> None:
         from recsys.checkpoint import GroupCheckpointer
         from recsys.data.loader import make_loader
         from recsys.data.schema import Schema
@@ -144,7 +147,10 @@ class GroupTrainer:
         from recsys.ensemble import build_group
         from recsys.grad_sync import require_global_mean_gradients
 
-        self.cfg, self.env, self.run, self.writer = cfg, env, run, writer
+        self.cfg, self.env, self.run = cfg, env, run
+        # The writer opens in fit(), once the resume step is known (purge_step, see there).
+        self.open_writer = open_writer
+        self.writer: Any = None
         self.show_progress = show_progress
         t = cfg.train
         if t.batch_size % run.group_world:
@@ -165,6 +171,7 @@ class GroupTrainer:
         self.train_loader = make_loader(
             cfg.data_dir, "train", t.batch_size, rank=run.group_rank, world_size=run.group_world,
             shuffle=t.shuffle, seed=cfg.seed, drop_last=True, global_batch=True, prefetch=2,
+            pin_memory=env.device.type == "cuda",  # else the non_blocking host-to-device copies are synchronous
         )
         self.ckpt = GroupCheckpointer(Path(cfg.ckpt_dir) / f"group{run.index}", run.pg, run.group_rank)
         self.pipeline: Any = None
@@ -238,6 +245,7 @@ class GroupTrainer:
             self.model, self.cfg.data_dir, split, self.eval_batch, columns=list(range(mk)), num_members=mk,
             group=self.run.pg, group_rank=self.run.group_rank, group_size=self.run.group_world,
             world=self.run.pg, dst=0, device=self.env.device, progress=self.show_progress,
+            pin_memory=self.env.device.type == "cuda",
         )
 
     def _log_val(self, state: Any, res: Any) -> float:
@@ -278,6 +286,11 @@ class GroupTrainer:
                 loader_state = extras.get("loader")
                 if run.is_leader:
                     print(f"[group {run.index}] resumed from step {state.step} (epoch {state.epoch})", flush=True)
+        if self.open_writer is not None:
+            # After a resume, the steps past the checkpoint are trained again: purge_step drops
+            # the killed run's events from that step on, so TensorBoard shows each step once
+            # (all of them for a group that had not checkpointed yet: it starts at step 0).
+            self.writer = self.open_writer(state.step + 1 if resume else None)
         n_examples, t_train = 0, 0.0
         while not state.finished and state.epoch < t.epochs:
             self.train_loader.set_epoch(state.epoch)
@@ -316,8 +329,12 @@ class GroupTrainer:
                     window.clear()
                     logged_at = now
                 if fail_at_step and state.step >= fail_at_step and self.env.rank == fail_rank:
-                    # Test hook: die like a killed process (no cleanup, no checkpoint).
+                    # Test hook: die like a killed process (no cleanup, no checkpoint).  The events
+                    # are flushed first, as a periodic flush could have done, so a resume has
+                    # replayed steps' events on disk to purge (see fit's purge_step).
                     print(f"\n[rank {self.env.rank}] --fail-at-step {fail_at_step}: exiting", flush=True)
+                    if self.writer is not None:
+                        self.writer.flush()
                     os._exit(17)
 
             for n in _segments(total, state.epoch_step, t.checkpoint_interval, t.eval_interval):
@@ -413,6 +430,14 @@ def train(
     """
     from recsys.tb import RunLogger
 
+    if resume:
+        # Every rank looks before rank 0 may delete anything (the barrier), so all agree.
+        has_ckpt = any(any(d.glob("step-*/state.json")) for d in cfg.ckpt_dir.glob("group*"))
+        dist.barrier()
+        if not has_ckpt:
+            if env.rank == 0:
+                print(f"train_group: --resume: no checkpoint under {cfg.ckpt_dir}; starting fresh", flush=True)
+            resume = False
     if not resume:
         # A fresh run of a name replaces that name's old checkpoints and TensorBoard events:
         # a stale best.json or event file would otherwise mix two runs.
@@ -435,12 +460,14 @@ def train(
     logger = RunLogger(cfg) if env.rank == 0 else None
     results: list[GroupResult] = []
     for run in groups:
-        writer = RunLogger.group_writer(cfg, run.index) if run.is_leader else None
-        trainer = GroupTrainer(cfg, env, run, writer, show_progress=env.rank == 0)
+        def open_writer(purge_step: int | None, k: int = run.index) -> Any:
+            return RunLogger.group_writer(cfg, k, purge_step=purge_step)
+
+        trainer = GroupTrainer(cfg, env, run, open_writer if run.is_leader else None, show_progress=env.rank == 0)
         trainer.fit(resume, fail_at_step, fail_rank)
         results.append(trainer.finish())
-        if writer is not None:
-            writer.close()
+        if trainer.writer is not None:
+            trainer.writer.close()
         del trainer
     dist.barrier()  # parallel groups finish at different times: keep that wait out of the gather time
     t0 = time.perf_counter()
@@ -489,8 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=1 --set name=try2 (repeatable)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint of each group (without it, a run replaces the "
-                   "checkpoints and TensorBoard events of an earlier run of the same name)")
+                   help="continue from the latest checkpoint of each group (with none, it says so and starts "
+                   "fresh; without --resume, a run replaces the checkpoints and TensorBoard events of an earlier "
+                   "run of the same name)")
     p.add_argument("--schedule", choices=["auto", "sequential"], default="auto",
                    help="auto: groups in parallel when W %% K == 0 (else one after another); sequential: "
                    "every group on all ranks, one after another (same members, up to float noise)")
@@ -530,25 +558,48 @@ def main(argv: list[str] | None = None) -> int:
         args.config = DEFAULT_CONFIG
     overrides = list(args.set) + ([f"device={args.device}"] if args.device else [])
     try:
-        cfg = load_config(args.config, overrides)  # every config error surfaces before any process group
-    except ConfigError as e:
-        print(f"train_group: error: {e}", file=sys.stderr)
-        return 2
-    from recsys.distributed import init_distributed
+        # Every config error (bad values, missing splits, cuda without CUDA) surfaces here,
+        # before any process group.
+        cfg = load_config(args.config, overrides)
+        from recsys.distributed import init_distributed
 
-    env = init_distributed(cfg.device)
-    try:
+        env = init_distributed(cfg.device)
         report = train(cfg, env, resume=args.resume, fail_at_step=args.fail_at_step, fail_rank=args.fail_rank,
                        sequential=args.schedule == "sequential")
         if report is not None:
             print(f"train_group: report {cfg.run_dir / 'results.md'}", flush=True)
-    except ConfigError as e:
-        print(f"train_group: error: {e}", file=sys.stderr)
-        return 2
+    except user_errors() as e:
+        return _fail(e)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by the config or the data (not bugs): reported as one line, exit status 2."""
+    from recsys.data.loader import LoaderError
+    from recsys.data.schema import SchemaError
+    from recsys.grad_sync import GradientScalingError
+    from recsys.models.spec import SpecError
+
+    return ConfigError, LoaderError, SchemaError, SpecError, GradientScalingError
+
+
+def _fail(e: BaseException) -> int:
+    """Prints ``train_group: error: ...`` once, on global rank 0.
+
+    Every rank usually hits the same error (same config and data), so the other ranks stay
+    quiet; they wait a moment before exiting because torchrun tears the whole job down as
+    soon as one rank exits non-zero, which could kill rank 0 before it has printed.
+    """
+    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+    msg = " ".join(str(e).split())  # one line, whatever the exception text holds
+    if rank == 0:
+        print(f"train_group: error: {msg}", file=sys.stderr, flush=True)
+    else:
+        time.sleep(2.0)
+    return 2
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import torch
+
 from recsys.config import ConfigError, load_config
 from recsys.data.schema import Schema, SparseFeature
 
@@ -35,10 +37,24 @@ def test_defaults(tmp_path: Path, data_dir: Path) -> None:
     assert cfg.dense_optimizer.lr == 1e-3
     assert cfg.run_dir == Path("runs/run") and cfg.ckpt_dir == Path("checkpoints/run")
     # "auto" embedding optimizer: Adam on GPU (the reference), row-wise Adagrad on CPU.
-    assert cfg.embedding_optimizer.resolve("cpu").name == "rowwise_adagrad"
-    assert cfg.embedding_optimizer.resolve("cuda").name == "adam"
+    # With no lr given, each resolves to its own lr (Adam's 1e-3 would barely move Adagrad rows).
+    cpu, gpu = cfg.embedding_optimizer.resolve("cpu"), cfg.embedding_optimizer.resolve("cuda")
+    assert (cpu.name, cpu.lr) == ("rowwise_adagrad", 0.02)
+    assert (gpu.name, gpu.lr) == ("adam", 1e-3)
     hp = cfg.hparams()
     assert hp["num_members"] == 3 and hp["train.batch_size"] == 4096
+    assert hp["embedding_optimizer.lr"] == "auto"
+
+
+def test_explicit_embedding_lr_is_kept(tmp_path: Path, data_dir: Path) -> None:
+    cfg = load_config(write(tmp_path, 'members = ["fnn"]\n[embedding_optimizer]\nlr = 0.5\n', data_dir))
+    assert cfg.embedding_optimizer.resolve("cpu").lr == 0.5 and cfg.embedding_optimizer.resolve("cuda").lr == 0.5
+    cfg = load_config(write(tmp_path, 'members = ["fnn"]\n[embedding_optimizer]\nname = "sgd"\n', data_dir))
+    assert (cfg.embedding_optimizer.resolve("cpu").name, cfg.embedding_optimizer.resolve("cpu").lr) == ("sgd", 0.01)
+    with pytest.raises(ConfigError, match="embedding_optimizer.lr: expected a number"):
+        load_config(write(tmp_path, 'members = ["fnn"]\n[embedding_optimizer]\nlr = "fast"\n', data_dir))
+    with pytest.raises(ConfigError, match="learning rates must be positive"):
+        load_config(write(tmp_path, 'members = ["fnn"]\n[embedding_optimizer]\nlr = 0\n', data_dir))
 
 
 def test_overrides(tmp_path: Path, data_dir: Path) -> None:
@@ -85,9 +101,39 @@ def test_missing_data_dir_and_meta(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.toml")
 
 
+@pytest.mark.parametrize(
+    "splits, needle",
+    [
+        ({"train": 10, "val": 5}, "has no 'test' split (splits: train, val)"),
+        ({"train": 10, "test": 5}, "has no 'val' split"),
+        ({"train": 10, "val": 0, "test": 5}, "split 'val' has 0 rows"),
+        ({}, "has no 'train' split (splits: none)"),
+    ],
+)
+def test_splits_must_exist_and_be_nonempty(tmp_path: Path, splits: dict[str, int], needle: str) -> None:
+    d = tmp_path / "data"
+    Schema("toy", (SparseFeature("C0", 10),), splits=splits).save(d)
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, 'members = ["fnn"]\n', d))
+    assert needle in str(e.value) and str(d / "meta.json") in str(e.value) and "\n" not in str(e.value), e.value
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_cuda_without_cuda_is_a_config_error(tmp_path: Path, data_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="torch.cuda.is_available\\(\\) is False"):
+        load_config(write(tmp_path, 'members = ["fnn"]\ndevice = "cuda"\n', data_dir))
+    load_config(write(tmp_path, 'members = ["fnn"]\ndevice = "cpu"\n', data_dir))
+
+
 @pytest.mark.parametrize("name", ["paper_heterogeneous", "paper_homogeneous", "demo"])
 def test_shipped_configs_parse(name: str) -> None:
     cfg = load_config(ROOT / "configs" / f"{name}.toml", check_data=False)
+    emb = cfg.embedding_optimizer.resolve("cpu")
+    if name.startswith("paper"):  # "auto": Adam's lr on GPU, Adagrad's on CPU
+        assert (emb.name, emb.lr) == ("rowwise_adagrad", 0.02)
+        assert (cfg.embedding_optimizer.resolve("cuda").name, cfg.embedding_optimizer.resolve("cuda").lr) == ("adam", 1e-3)
+    else:
+        assert (emb.name, emb.lr) == ("rowwise_adagrad", 0.02)
     if name == "paper_heterogeneous":
         models = [n.split("_", 1)[1] for n in cfg.member_names]
         assert models == ["fnn", "ipnn", "deepfm", "dcn", "dcnv2", "finalmlp", "wukong", "rankmixer"]
@@ -107,3 +153,32 @@ def test_cli_reports_config_error_before_any_process_group(tmp_path: Path, data_
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0, r.stderr
     assert "groups overlap: member 0" in r.stderr and "Traceback" not in r.stderr
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "recsys" / "train_group.py"), *args],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_cli_device_cuda_on_cpu_is_one_line(tmp_path: Path, data_dir: Path) -> None:
+    r = _cli("--config", str(write(tmp_path, 'members = ["fnn"]\n', data_dir)), "--device", "cuda")
+    assert r.returncode == 2
+    assert r.stderr.startswith("train_group: error: ") and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "torch.cuda.is_available() is False" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_data_error_after_process_group_start_is_one_line(tmp_path: Path, data_dir: Path) -> None:
+    """meta.json promises the splits but no .npy file exists: the loader fails inside train(),
+    after init_distributed, and that is still one line and exit 2."""
+    p = write(tmp_path, 'members = ["fnn:mlp=8,embedding_dim=4"]\n'
+              f'log_dir = "{tmp_path / "runs"}"\ncheckpoint_dir = "{tmp_path / "ckpt"}"\n'
+              '[train]\nbatch_size = 2\n', data_dir)
+    r = _cli("--config", str(p), "--device", "cpu")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("train_group: error: "), r.stderr
+    assert lines[0].endswith(f"{data_dir / 'train_sparse.npy'}: no such file (split 'train')"), lines[0]

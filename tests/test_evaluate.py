@@ -346,6 +346,32 @@ def test_cli_evaluates_saved_checkpoints(tmp_path, capsys):
     # Missing checkpoints: one-line error, exit code 2.
     assert evaluate.main(["--config", str(cfg), "--checkpoint", str(tmp_path / "nope")]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
+    # --device cuda without CUDA: the config check's one line, before any work.
+    if not torch.cuda.is_available():
+        assert evaluate.main(["--config", str(cfg), "--checkpoint", str(tmp_path / "ckpt"), "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "torch.cuda.is_available() is False" in err, err
+    # Data that meta.json promises but the directory lacks (a LoaderError): one line, exit 2.
+    (data / "test_labels.npy").unlink()
+    assert evaluate.main(["--config", str(cfg), "--checkpoint", str(tmp_path / "ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "test_labels.npy" in err, err
+
+
+def test_cli_rejects_unknown_split_without_traceback(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run(
+        [sys.executable, "-m", "recsys.evaluate", "--config", str(tmp_path / "c.toml"),
+         "--checkpoint", str(tmp_path), "--split", "nosuch"],
+        capture_output=True, text=True, timeout=120, cwd=root,
+    )
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "argument --split: invalid choice: 'nosuch'" in r.stderr, r.stderr
 
 
 DMP_SPECS = ["fnn:mlp=8,seed=1", "dcnv2:mlp=8,seed=2,cross_layers=1"]

@@ -108,7 +108,14 @@ def test_k_equals_m_equals_member_alone(ref: tuple[Path, subprocess.CompletedPro
     root, _ = ref
     # Also the plain training loop (no TrainPipelineSparseDist): the pipeline only overlaps
     # input distribution with compute, so the numbers must not change.
-    run(write_config(root, "alone", [MEMBERS[1]], [[0]]), 1, "--set", "train.pipeline=false")
+    # --resume with nothing to resume: a one-line notice, then exactly a fresh run (which clears
+    # runs/<name>, here holding a stale file).
+    stale = root / "runs" / "alone" / "stale.txt"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("old run")
+    r = run(write_config(root, "alone", [MEMBERS[1]], [[0]]), 1, "--set", "train.pipeline=false", "--resume")
+    assert f"--resume: no checkpoint under {root / 'ckpt' / 'alone'}; starting fresh" in r.stdout, r.stdout
+    assert not stale.exists()
     a, b = logits(root, "ref")[:, 1], logits(root, "alone")[:, 0]
     assert torch.allclose(a, b, atol=1e-4, rtol=0), (a - b).abs().max()
     assert not torch.allclose(logits(root, "ref")[:, 0], b, atol=1e-2)  # a different member differs
@@ -146,11 +153,13 @@ def test_tensorboard_events(ref: tuple[Path, subprocess.CompletedProcess[str]]) 
     assert [e.value for e in curve] == pytest.approx([c["auc"] for c in res["curve"]], abs=1e-6)
     assert main.Scalars("train/examples_per_s")[0].value > 0
     assert "test/auc_vs_m_plot" in main.Tags()["images"]
-    assert "hparams" in main.PluginTagToContent("hparams") or main.PluginTagToContent("hparams")
+    # The three hparams summaries (experiment, session start, session end) in the run's own file.
+    assert set(main.PluginTagToContent("hparams")) == {
+        "_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"}
     for k in (0, 1):
         g = EventAccumulator(str(run_dir / f"group{k}"), size_guidance={"scalars": 0}).Reload()
         loss = g.Scalars(f"train/loss/group{k}")
-        assert [e.step for e in loss] == list(range(2, 17, 2)) or loss[-1].step == 16
+        assert [e.step for e in loss] == list(range(2, 17, 2))  # log_every = 2, 2 epochs of 8 steps
         assert all(0.3 < e.value < 1.0 for e in loss)
         val = g.Scalars(f"val/auc/group{k}")
         assert [e.step for e in val] == [8, 16]  # one per epoch
@@ -182,6 +191,13 @@ def test_kill_and_resume(ref: tuple[Path, subprocess.CompletedProcess[str]]) -> 
     assert "[group 1] resumed from step 11 (epoch 1)" in r.stdout
     a, b = logits(root, "ref"), logits(root, "kr")
     assert torch.allclose(a, b, atol=1e-6, rtol=0), (a - b).abs().max()
+    # TensorBoard: the killed run's events for the replayed step 12 are purged (purge_step), so
+    # every step appears once, as in the uninterrupted run.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    g = EventAccumulator(str(root / "runs" / "kr" / "group1"), size_guidance={"scalars": 0}).Reload()
+    assert [e.step for e in g.Scalars("train/loss/group1")] == list(range(2, 17, 2))
+    assert [e.step for e in g.Scalars("val/auc/group1")] == [8, 16]
     ra = json.loads((root / "runs" / "ref" / "results.json").read_text())
     rb = json.loads((root / "runs" / "kr" / "results.json").read_text())
     assert ra["ensemble"] == pytest.approx(rb["ensemble"], abs=1e-6)
