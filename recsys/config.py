@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from recsys.data.schema import Schema, SchemaError
+from recsys.distributed import EMBEDDING_OPTIMIZERS as _SHARDED_OPTIMIZERS
+from recsys.distributed import SHARDING_TYPES as _SHARDING_TYPES
 from recsys.models.registry import MODELS
 from recsys.models.spec import SpecError, parse_spec
 
@@ -52,8 +54,9 @@ class ConfigError(ValueError):
     """A config file that cannot be run; the message is one line naming the file and the bad value."""
 
 
-EMBEDDING_OPTIMIZERS = ("auto", "rowwise_adagrad", "adagrad", "sgd", "adam")
-SHARDING_TYPES = (None, "table_wise", "row_wise", "column_wise")
+# recsys.distributed owns the lists; the config adds "auto" (device-dependent) and None (planner's choice).
+EMBEDDING_OPTIMIZERS = ("auto", *_SHARDED_OPTIMIZERS)
+SHARDING_TYPES = (None, *_SHARDING_TYPES)
 DEVICES = ("auto", "cpu", "cuda")
 REQUIRED_SPLITS = ("train", "val", "test")
 # Embedding lr when [embedding_optimizer] gives none.  Adagrad-family steps shrink with the

@@ -356,9 +356,6 @@ def shard_module(
         sharders=[sharder],  # type: ignore[list-item]
     )
     _copy_weights(dmp, {k: v.to(env.device) for k, v in full.items()})
-    # Fallback for callers that do not pass ``emb_opt`` to ``make_optimizer`` yet
-    # (recsys/train_group.py, recsys/bench/train_step.py); new code passes it.
-    dmp.recsys_embedding_optimizer = emb_opt
     return dmp
 
 
@@ -376,20 +373,18 @@ def make_optimizer(
     dmp: DistributedModelParallel,
     lr: float,
     weight_decay: float = 0.0,
-    emb_opt: EmbeddingOptimizerConfig | None = None,
+    *,
+    emb_opt: EmbeddingOptimizerConfig,
 ) -> CombinedOptimizer:
     """Adam on the dense parameters, combined with the embedding optimizer.
 
     Fused kernels: the embeddings are updated inside backward; ``dmp.fused_optimizer``
     carries their state (and lr) for checkpoints.  Dense kernel (Adam on CPU):
     ``KeyedOptimizerWrapper(torch.optim.Adam)`` over the embedding shards, with the
-    lr/eps/weight decay of ``emb_opt`` -- pass the config given to ``shard_module``
-    (None: the one ``shard_module`` recorded on ``dmp``, for older callers).
+    lr/eps/weight decay of ``emb_opt`` -- pass the config given to ``shard_module``.
     ``state_dict()`` / ``load_state_dict()`` work on the result (torchrec
     ``CombinedOptimizer``, keys prefixed ``dense.`` / ``embedding.``).
     """
-    if emb_opt is None:
-        emb_opt = getattr(dmp, "recsys_embedding_optimizer", EmbeddingOptimizerConfig())
     emb_params = _sharded_params(dmp)
     emb_ids = {id(p) for p in emb_params.values()}
     dense_params = {

@@ -161,10 +161,11 @@ class GroupTrainer:
         require_global_mean_gradients()
         schema = Schema.load(cfg.data_dir)
         module = GroupTrain(build_group(cfg.members, cfg.member_names, run.members, schema))
-        self.model = shard_module(
-            module, run.pg, env, cfg.embedding_optimizer.resolve(env.device.type), cfg.sharding.resolve()
+        emb_opt = cfg.embedding_optimizer.resolve(env.device.type)
+        self.model = shard_module(module, run.pg, env, emb_opt, cfg.sharding.resolve())
+        self.optimizer = make_optimizer(
+            self.model, cfg.dense_optimizer.lr, cfg.dense_optimizer.weight_decay, emb_opt=emb_opt
         )
-        self.optimizer = make_optimizer(self.model, cfg.dense_optimizer.lr, cfg.dense_optimizer.weight_decay)
         self.eval_batch = (t.eval_batch_size or t.batch_size) // run.group_world or 1
         # Global batches (not per-rank row ranges): step i trains on the same t.batch_size rows
         # whatever the group's rank count, so the schedule does not change the result.

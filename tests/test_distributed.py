@@ -120,7 +120,7 @@ def _body_subgroups(rank: int, world_size: int, spec: str) -> dict[str, float]:
         for shard in ps.sharding_spec.shards
     }
     assert placements == {f"rank:{r}/cpu" for r in ranks[k]}, placements
-    opt = make_optimizer(dmp, lr=1e-2)
+    opt = make_optimizer(dmp, lr=1e-2, emb_opt=EmbeddingOptimizerConfig())
     logits = dmp(dense, kjt)
     err = (logits.detach() - expected).abs().max().item()
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
@@ -169,7 +169,6 @@ def _body_train_step(rank: int, world_size: int, spec: str) -> dict[str, dict[st
         member = build_member(spec, schema, name="m0")
         emb_opt = EmbeddingOptimizerConfig(name, lr=0.05)
         dmp = shard_module(member, None, env, emb_opt, ShardingConfig("table_wise"))
-        del dmp.recsys_embedding_optimizer  # the explicit argument must suffice
         opt = make_optimizer(dmp, lr=1e-2, emb_opt=emb_opt)
         emb_dense_lrs = {
             g["lr"] for key, o in opt.optimizers if key == "embedding_dense" for g in o.param_groups

@@ -195,7 +195,7 @@ def bench_model(
     flops = member.flops_per_example()
     twin = plain_twin(member)
     dmp = shard_module(member, None, env, emb_opt, ShardingConfig("table_wise"))
-    opt = make_optimizer(dmp, lr=1e-3)
+    opt = make_optimizer(dmp, lr=1e-3, emb_opt=emb_opt)
 
     def tr_step(i: int) -> None:
         dense, kjt, labels = batches[i % len(batches)]
