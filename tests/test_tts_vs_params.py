@@ -1,0 +1,182 @@
+"""The pure parts of recsys.bench.tts_vs_params: plan, FLOP matching, configs, scoring, table.
+
+No training: results.json / logits_test.pt are written by hand, as train_group.py lays them out.
+"""
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from recsys.bench import tts_vs_params as tts
+from recsys.budget import spec_flops
+from recsys.config import config_from_dict
+from recsys.evaluate import auc_score, logloss_score
+from tests.toy_data import toy_schema
+
+BASE = "dcnv2:embedding_dim=4,mlp=16-8,cross_layers=2"
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return toy_schema(num_fields=6, vocab=20)
+
+
+@pytest.fixture(scope="module")
+def plan(schema):
+    return tts.build_plan(BASE, schema, ms=(1, 2, 4), ens_seeds=8, seeds=2,
+                          knobs=("mlp_width", "cross_layers", "seed"), hetero=("fnn:embedding_dim=4,mlp=16-8",))
+
+
+def test_set_fields_is_canonical():
+    assert tts.set_fields("dcnv2:seed=3,embedding_dim=4", seed=0) == "dcnv2:embedding_dim=4"
+    assert tts.spec_field(tts.set_fields(BASE, seed=5), "seed") == 5
+    assert tts.spec_field(tts.set_fields(BASE, cross_layers=7), "cross_layers") == 7
+
+
+def test_match_budget_width_and_depth_land_within_tolerance(schema):
+    target = 2 * spec_flops(BASE, schema)
+    wide = tts.match_budget(BASE, "mlp_width", target, schema)
+    assert wide.rel_error <= 0.05 and tts.spec_field(wide.spec, "cross_layers") == 2
+    assert tts.spec_field(wide.spec, "mlp")[0] > 16
+    deep = tts.match_budget(BASE, "cross_layers", target, schema)
+    assert abs(spec_flops(deep.spec, schema) - target) / target <= 0.05
+    assert tts.spec_field(deep.spec, "cross_layers") > 2  # depth carries the added compute
+    # the fallback picks the largest depth under the budget, then the MLP width fills the rest
+    if deep.knob == "cross_layers+mlp_width":
+        over = tts.set_fields(BASE, cross_layers=tts.spec_field(deep.spec, "cross_layers") + 1)
+        assert spec_flops(over, schema) > target
+    with pytest.raises(ValueError):
+        tts.match_budget(BASE, "mlp_width", target, schema, tol=-1.0)
+
+
+def test_match_budget_embedding_dim_steps_by_four(schema):
+    # FBGEMM refuses embedding dims that are not multiples of 4, so the knob steps 4 -> 8 -> 12 ...
+    target = 4 * spec_flops(BASE, schema)
+    wide = tts.match_budget(BASE, "embedding_dim", target, schema)
+    dim = tts.spec_field(wide.spec, "embedding_dim")
+    assert dim > 4 and dim % 4 == 0
+    assert abs(spec_flops(wide.spec, schema) - target) / target <= 0.05
+    with pytest.raises(ValueError, match="cannot grow"):  # 8 already overshoots 1.2x
+        tts.match_budget(BASE, "embedding_dim", int(1.2 * spec_flops(BASE, schema)), schema)
+
+
+def test_build_plan_runs_and_arms(schema, plan):
+    runs, arms, notes = plan
+    assert len(notes) == 2 and all("'seed' does not change FLOPs" in n for n in notes)  # skipped, not fatal
+    assert [r.name for r in runs] == ["tts_indep", "tts_params", "tts_joint"]
+    indep, params, joint = runs
+    assert len(indep.members) == 8 + 1 and indep.groups == [[i] for i in range(9)]  # all independent
+    seeds = [tts.spec_field(s, "seed") for s in indep.members]
+    assert len(set(seeds)) == len(seeds)
+    ens = {a.m: a for a in arms if a.kind == "ensemble"}
+    assert [len(ens[m].replicas) for m in (1, 2, 4)] == [8, 4, 2]
+    for a in ens.values():  # replicas are disjoint
+        flat = [i for r in a.replicas for i in r]
+        assert len(flat) == len(set(flat)) and all(len(r) == a.m for r in a.replicas)
+    hetero = next(a for a in arms if a.kind == "hetero")
+    assert hetero.replicas == [[0, 8]] and hetero.specs[1].startswith("fnn")
+    base_flops = spec_flops(BASE, schema)
+    scaled = [a for a in arms if a.kind in ("mlp_width", "cross_layers")]
+    assert sorted((a.kind, a.budget_m) for a in scaled) == [("cross_layers", 2), ("cross_layers", 4),
+                                                          ("mlp_width", 2), ("mlp_width", 4)]
+    for a in scaled:
+        assert a.target_flops == a.budget_m * base_flops and len(a.replicas) == 2
+        assert abs(spec_flops(a.specs[0], schema) - a.target_flops) / a.target_flops <= 0.05
+        assert all(len(r) == 1 and r[0] < len(params.members) for r in a.replicas)
+    assert joint.groups == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert joint.members == indep.members[:8]  # same initializations as the independent members
+    with pytest.raises(ValueError, match="ens-seeds"):
+        tts.build_plan(BASE, schema, ms=(1, 4), ens_seeds=2)
+
+
+def test_config_toml_is_a_valid_experiment_config(plan):
+    runs, _, _ = plan
+    settings = tts.TrainSettings(data_dir="data/x", epochs=3, patience=1, embedding_lr=0.05)
+    for run in runs:
+        raw = tomllib.loads(tts.config_toml(run, settings))
+        cfg = config_from_dict(raw, source=run.name, check_data=False)
+        assert cfg.name == run.name and cfg.members == run.members and cfg.groups == run.groups
+        assert (cfg.train.epochs, cfg.train.patience, cfg.embedding_optimizer.lr) == (3, 1, 0.05)
+
+
+def _fake_run(log_dir: Path, name: str, logits: torch.Tensor, labels: torch.Tensor,
+              groups: list[list[int]], save_logits: bool = True) -> None:
+    run = log_dir / name
+    run.mkdir(parents=True)
+    members = [{"index": i, "name": f"m{i}", "auc": auc_score(logits[:, i], labels),
+                "logloss": logloss_score(logits[:, i], labels)} for i in range(logits.shape[1])]
+    grp = [{"index": k, "members": g, "auc": 0.5 + 0.01 * k, "logloss": 0.7} for k, g in enumerate(groups)]
+    ens = logits.mean(1)
+    (run / "results.json").write_text(json.dumps({
+        "num_rows": len(labels), "members": members, "groups": grp,
+        "ensemble": {"auc": auc_score(ens, labels), "logloss": logloss_score(ens, labels)}}))
+    if save_logits:
+        torch.save({"member_logits": logits, "labels": labels}, run / "logits_test.pt")
+
+
+def test_scores_from_fake_results(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    labels = (torch.rand(400, generator=g) < 0.3).float()
+    logits = labels[:, None] * 0.8 + torch.randn(400, 4, generator=g)  # 4 noisy members
+    _fake_run(tmp_path, "r", logits, labels, [[0], [1], [2], [3]])
+    arm = tts.Arm("ensemble", 2, 2, "r", [[0, 1], [2, 3]], ["x", "x"])
+    s = tts.arm_scores(arm, tmp_path)
+    merged = logits[:, [2, 3]].mean(1)
+    assert s[1].auc == pytest.approx(auc_score(merged, labels))
+    assert s[1].logloss == pytest.approx(logloss_score(merged, labels))
+    assert s[0].auc > max(auc_score(logits[:, 0], labels), auc_score(logits[:, 1], labels)) - 0.02
+    single = tts.arm_scores(tts.Arm("mlp_width", 1, 2, "r", [[3]], ["x"]), tmp_path)[0]
+    assert single.auc == pytest.approx(auc_score(logits[:, 3], labels))
+    # a group of a joint run is read from results.json, no logits needed
+    _fake_run(tmp_path, "j", logits, labels, [[0, 1], [2, 3]], save_logits=False)
+    js = tts.arm_scores(tts.Arm("joint", 2, 2, "j", [[0, 1], [2, 3]], ["x", "x"]), tmp_path)
+    assert [x.auc for x in js] == [0.5, 0.51]
+    with pytest.raises(ValueError, match="logits_test.pt"):
+        tts.arm_scores(tts.Arm("ensemble", 3, 3, "j", [[0, 1, 2]], ["x"] * 3), tmp_path)
+    with pytest.raises(FileNotFoundError):
+        tts.arm_scores(tts.Arm("ensemble", 1, 1, "nope", [[0]], ["x"]), tmp_path)
+
+
+def test_rows_table_verdict_and_plot(tmp_path):
+    spec = "dcnv2:embedding_dim=4,mlp=16-8,cross_layers=2"
+    arms = [
+        tts.Arm("ensemble", 1, 1, "r", [[0], [1]], [tts.set_fields(spec, seed=1)]),
+        tts.Arm("ensemble", 2, 2, "r", [[0, 1]], [tts.set_fields(spec, seed=1), tts.set_fields(spec, seed=2)]),
+        tts.Arm("mlp_width", 1, 2, "p", [[0], [1]], ["dcnv2:embedding_dim=4,mlp=40-20,cross_layers=2"],
+                target_flops=1000),
+    ]
+    scores = [[tts.Score(0.70, 0.50), tts.Score(0.72, 0.48)], [tts.Score(0.75, 0.45)],
+              [tts.Score(0.74, 0.46), tts.Score(0.76, 0.44)]]
+    budgets = [tts.Budget(100, 1000, 500, 1.0), tts.Budget(200, 2000, 1000, 2.0), tts.Budget(400, 1000, 1030, 1.5)]
+    rows = tts.build_rows(arms, scores, budgets)
+    assert [(r.kind, r.budget_m) for r in rows] == [("ensemble", 1), ("ensemble", 2), ("mlp_width", 2)]
+    assert rows[0].auc == pytest.approx(0.71) and rows[0].auc_sd == pytest.approx(0.0141421, rel=1e-4)
+    table = tts.table_markdown(rows)
+    assert "0.7100 ± 0.0141" in table and "0.7500 |" in table  # n=1: no spread
+    assert "2 x dcnv2:embedding_dim=4,mlp=16-8,cross_layers=2" in table
+    assert "(+3.0%)" in table  # FLOP-matching error shown
+    assert "| 2.06x | single, wider MLP" in table  # budget relative to the M = 1 row
+    verdict = tts.verdict_lines(rows)
+    assert len(verdict) == 1 and verdict[0].startswith("budget 2x") and "(tie" in verdict[0]
+    rows[2].aucs = [0.80, 0.80]
+    assert "parameter scaling ahead, beyond the replica spread" in tts.verdict_lines(rows)[0]
+    rows[2].aucs = [0.74, 0.755]
+    assert "ensemble ahead, within the replica spread" in tts.verdict_lines(rows)[0]
+    png = tmp_path / "p.png"
+    tts.plot_rows(rows, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_budget_counts_and_interleaved_latency(schema):
+    one = tts.Arm("ensemble", 1, 1, "r", [[0]], [tts.set_fields(BASE, seed=1)])
+    two = tts.Arm("ensemble", 2, 2, "r", [[0, 1]], [tts.set_fields(BASE, seed=1), tts.set_fields(BASE, seed=2)])
+    b1, b2 = tts.arm_budget(one, schema), tts.arm_budget(two, schema)
+    assert (b2.dense_params, b2.embedding_params, b2.flops) == (2 * b1.dense_params, 2 * b1.embedding_params,
+                                                               2 * b1.flops)
+    assert b1.embedding_params == 4 * sum(schema.vocab_sizes) and b1.flops == spec_flops(BASE, schema)
+    lat = tts.interleaved_latency_ms([tts.arm_modules(one, schema), tts.arm_modules(two, schema)], schema, 64, 3)
+    assert len(lat) == 2 and all(x > 0 for x in lat)
