@@ -248,7 +248,7 @@ def match_flops(
       whose name contains ``mlp``) by one factor ``s``;
     - ``"<field>_width"`` for one int-tuple field, e.g. ``"fmb_mlp_width"``;
     - an int field, e.g. ``"cross_layers"``, ``"layers"`` (alias ``num_layers``),
-      ``"embedding_dim"``, searched over 1, 2, 3, ...
+      ``"embedding_dim"``, searched over 1, 2, 3, ... (embedding_dim over 4, 8, 12, ...)
 
     Raises ``ValueError`` when no value lands within ``tol`` (relative).
 
@@ -303,8 +303,10 @@ def match_flops(
             if fs is not None:
                 candidates.append((s, at_scale(s), fs))
     elif field_name in fields and hints[field_name] is int:
+        step = 4 if field_name == "embedding_dim" else 1  # FBGEMM needs dim % 4 == 0
+
         def at(v: int) -> MemberConfig:
-            return dataclasses.replace(cfg, **{field_name: v})
+            return dataclasses.replace(cfg, **{field_name: v * step})
 
         v = 1
         while v < 1 << 16:
@@ -323,7 +325,7 @@ def match_flops(
         for cand in (lo_v, hi_v):
             fc = flops_of(at(cand))
             if fc is not None:
-                candidates.append((float(cand), at(cand), fc))
+                candidates.append((float(cand * step), at(cand), fc))
     else:
         ints = [f for f in fields if hints[f] is int and f != "seed"]
         raise ValueError(

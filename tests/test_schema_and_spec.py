@@ -45,6 +45,8 @@ def test_spec_errors():
         build_member("fnn:mlp=a-b", s)
     with pytest.raises(SpecError, match="key=value"):
         build_member("fnn:seed", s)
+    with pytest.raises(SpecError, match="multiple of 4"):
+        build_member("fnn:embedding_dim=11", s)
 
 
 def test_seed_determines_init():

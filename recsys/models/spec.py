@@ -88,4 +88,8 @@ def parse_spec(spec: str, configs: dict[str, type[MemberConfig]]) -> tuple[str, 
         cfg = cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise SpecError(f"{name}: {e}") from None
+    if cfg.embedding_dim <= 0 or cfg.embedding_dim % 4:
+        # FBGEMM's embedding kernels (what DMP shards onto) assert dim % 4 == 0; say so
+        # here, before any process group starts, instead of deep inside sharding.
+        raise SpecError(f"{name}: embedding_dim={cfg.embedding_dim} must be a positive multiple of 4")
     return name, cfg
