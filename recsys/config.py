@@ -32,6 +32,13 @@ Example (``configs/demo.toml``, abridged)::
     name = "rowwise_adagrad"          # "auto" = adam on GPU, rowwise_adagrad on CPU
     lr = 0.02                         # omit to take the optimizer's default (AUTO_EMBEDDING_LR)
 
+Data in TorchRec's Criteo-1TB layout (``day_{i}_{dense,sparse,labels}.npy``, no meta.json)
+is read in place when the config has a ``[torchrec_criteo]`` section (see
+``TorchRecCriteoSection``); code that reads data asks the config, never ``data_dir``::
+
+    schema = cfg.schema()                                  # Schema.load(data_dir) or the day files'
+    loader = make_loader(cfg.data_source(), "train", 4096)  # a directory or a TorchRecCriteo
+
 ``load_config(path, ["train.epochs=1", "seed=3"])`` applies ``--set`` overrides
 (values are TOML literals; bare words are strings).
 """
@@ -122,6 +129,48 @@ class ShardingSection:
 
 
 @dataclass
+class TorchRecCriteoSection:
+    """``[torchrec_criteo]``: ``data_dir`` holds TorchRec's ``day_{i}_{dense,sparse,labels}.npy``.
+
+    Those files carry no schema, so the section supplies what ``meta.json`` would: which
+    days (or fractions of a day) make each split, and the table sizes ids are taken
+    modulo.  A day is ``23`` or ``[23, 0.0, 0.5]`` (rows ``[int(0.0 * N), int(0.5 * N))``).
+
+    Example::
+
+        [torchrec_criteo]
+        train_days = [0, 1, 2]
+        val_days = [[23, 0.0, 0.5]]
+        test_days = [[23, 0.5, 1.0]]
+        num_embeddings_per_feature = 40000000   # or a list of 26 sizes
+        sparse_suffix = "sparse"                # "sparse_contig": contiguous_preproc_criteo.py's output
+    """
+
+    train_days: list[Any] = field(default_factory=list)
+    val_days: list[Any] = field(default_factory=list)
+    test_days: list[Any] = field(default_factory=list)
+    num_embeddings_per_feature: int | list[int] = 0
+    sparse_suffix: str = "sparse"
+
+    def days(self) -> dict[str, list[tuple[int, float, float]]]:
+        """Every split's days as (day, start_fraction, stop_fraction); the section is validated."""
+        return {
+            split: [(d, 0.0, 1.0) if isinstance(d, int) else (int(d[0]), float(d[1]), float(d[2])) for d in spec]
+            for split, spec in (("train", self.train_days), ("val", self.val_days), ("test", self.test_days))
+        }
+
+    def open(self, data_dir: str | Path) -> Any:
+        """-> ``recsys.data.torchrec_layout.TorchRecCriteo`` (checks every day file's shape)."""
+        from recsys.data.torchrec_layout import open_torchrec_criteo
+
+        d = self.days()
+        return open_torchrec_criteo(
+            data_dir, train_days=d["train"], val_days=d["val"], test_days=d["test"],
+            num_embeddings_per_feature=self.num_embeddings_per_feature, sparse_suffix=self.sparse_suffix,
+        )
+
+
+@dataclass
 class ExperimentConfig:
     data_dir: str
     members: list[str]
@@ -135,6 +184,7 @@ class ExperimentConfig:
     dense_optimizer: DenseOptimizerConfig = field(default_factory=DenseOptimizerConfig)
     embedding_optimizer: EmbeddingOptimizerSection = field(default_factory=EmbeddingOptimizerSection)
     sharding: ShardingSection = field(default_factory=ShardingSection)
+    torchrec_criteo: TorchRecCriteoSection | None = None  # set: data_dir is in TorchRec's day layout
     source: str = "<config>"  # the file it came from, for messages
 
     @property
@@ -151,6 +201,22 @@ class ExperimentConfig:
 
         return member_names(self.members)
 
+    def data_source(self) -> Any:
+        """What to pass to ``make_loader`` / ``evaluate_split``: ``data_dir`` (our layout, with
+        meta.json) or, with ``[torchrec_criteo]``, a ``TorchRecCriteo`` over its day files.
+
+        Example: ``make_loader(cfg.data_source(), "val", 4096, equal_batches=True)``
+        """
+        if self.torchrec_criteo is None:
+            return self.data_dir
+        return self.torchrec_criteo.open(self.data_dir)
+
+    def schema(self) -> Schema:
+        """The data's ``Schema``: meta.json's, or the one built from ``[torchrec_criteo]``."""
+        if self.torchrec_criteo is None:
+            return Schema.load(self.data_dir)
+        return self.torchrec_criteo.open(self.data_dir).schema
+
     def hparams(self) -> dict[str, Any]:
         """Flat scalar/str dict for TensorBoard's hparams plugin."""
         out: dict[str, Any] = {
@@ -165,6 +231,9 @@ class ExperimentConfig:
         for sec in ("train", "dense_optimizer", "embedding_optimizer", "sharding"):
             for k, v in dataclasses.asdict(getattr(self, sec)).items():
                 out[f"{sec}.{k}"] = "auto" if v is None else v
+        if self.torchrec_criteo is not None:  # lists as strings: hparams takes scalars only
+            for k, v in dataclasses.asdict(self.torchrec_criteo).items():
+                out[f"torchrec_criteo.{k}"] = v if isinstance(v, (int, str)) else str(v)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -180,6 +249,8 @@ _SECTIONS: dict[str, type] = {
     "sharding": ShardingSection,
 }
 _TOP = {f.name for f in dataclasses.fields(ExperimentConfig)} - set(_SECTIONS) - {"source"}
+_TORCHREC_DAY_KEYS = ("train_days", "val_days", "test_days")
+_NUM_CAT = 26  # torchrec.datasets.criteo.DEFAULT_CAT_NAMES; not imported here to keep load_config light
 
 
 def _apply_override(raw: dict[str, Any], item: str, src: str) -> None:
@@ -232,9 +303,80 @@ def _build_section(cls: type, raw: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+def _build_torchrec_criteo(raw: Any, where: str) -> TorchRecCriteoSection:
+    """Type checks ``[torchrec_criteo]``; the day files are checked by ``_check_torchrec_data``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table [torchrec_criteo]")
+    valid = [f.name for f in dataclasses.fields(TorchRecCriteoSection)]
+    for k in raw:
+        if k not in valid:
+            raise ConfigError(f"{where}: unknown key {k!r}; valid keys: {', '.join(sorted(valid))}")
+    for k in (*_TORCHREC_DAY_KEYS, "num_embeddings_per_feature"):
+        if k not in raw:
+            raise ConfigError(f"{where}: missing required key {k!r}")
+    for k in _TORCHREC_DAY_KEYS:
+        days = raw[k]
+        if not isinstance(days, list) or not days:
+            raise ConfigError(f"{where}.{k}: expected a non-empty list of days, got {days!r}")
+        for d in days:
+            ok = isinstance(d, int) and not isinstance(d, bool) and d >= 0
+            if isinstance(d, list) and len(d) == 3:
+                day, lo, hi = d
+                ok = (isinstance(day, int) and not isinstance(day, bool) and day >= 0
+                      and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (lo, hi))
+                      and 0.0 <= lo < hi <= 1.0)
+            if not ok:
+                raise ConfigError(
+                    f"{where}.{k}: bad day {d!r}: expected a day number or [day, start_fraction, stop_fraction] "
+                    "with 0 <= start < stop <= 1"
+                )
+    n = raw["num_embeddings_per_feature"]
+    sizes = [n] if not isinstance(n, list) else n
+    if (isinstance(n, list) and len(n) != _NUM_CAT) or not all(
+        isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in sizes
+    ):
+        raise ConfigError(
+            f"{where}.num_embeddings_per_feature: expected a positive integer or a list of {_NUM_CAT}, got {n!r}"
+        )
+    suffix = raw.get("sparse_suffix", "sparse")
+    if not isinstance(suffix, str) or not suffix or "/" in suffix:
+        raise ConfigError(f"{where}.sparse_suffix: expected a file-name suffix such as \"sparse_contig\", got {suffix!r}")
+    return TorchRecCriteoSection(
+        train_days=list(raw["train_days"]), val_days=list(raw["val_days"]), test_days=list(raw["test_days"]),
+        num_embeddings_per_feature=n, sparse_suffix=suffix,
+    )
+
+
+def _check_torchrec_data(cfg: ExperimentConfig, sec: TorchRecCriteoSection) -> None:
+    """Every day file exists (all missing ones named at once) and has the shapes TorchRec writes."""
+    from recsys.data.loader import LoaderError
+
+    source, d = cfg.source, Path(cfg.data_dir)
+    if not d.is_dir():
+        raise ConfigError(f"{source}: data_dir: {d}: no such directory")
+    days = sorted({day for spec in sec.days().values() for day, _, _ in spec})
+    missing = [
+        f"day_{day}_{kind}.npy"
+        for day in days
+        for kind in ("dense", sec.sparse_suffix, "labels")
+        if not (d / f"day_{day}_{kind}.npy").is_file()
+    ]
+    if missing:
+        more = f" (+{len(missing) - 8} more)" if len(missing) > 8 else ""
+        raise ConfigError(f"{source}: torchrec_criteo: missing day files in {d}: {', '.join(missing[:8])}{more}")
+    try:
+        schema = sec.open(d).schema
+    except LoaderError as e:
+        raise ConfigError(f"{source}: torchrec_criteo: " + " ".join(str(e).split())) from None
+    for split in REQUIRED_SPLITS:
+        if schema.splits.get(split, 0) <= 0:
+            raise ConfigError(f"{source}: torchrec_criteo.{split}_days select no rows of {d}")
+
+
 def config_from_dict(raw: dict[str, Any], source: str = "<config>", check_data: bool = True) -> ExperimentConfig:
     """Validates a parsed TOML dict; ``check_data=False`` skips the data-dir check (tests, tools)."""
     unknown = set(raw) - _TOP - set(_SECTIONS)
+    tr_raw = raw.get("torchrec_criteo")
     if unknown:
         valid = sorted(_TOP | set(_SECTIONS))
         raise ConfigError(f"{source}: unknown key {sorted(unknown)[0]!r}; valid keys: {', '.join(valid)}")
@@ -266,7 +408,9 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>", check_data: 
     top = {k: _check_type(raw[k], ExperimentConfig.__dataclass_fields__[k].type, f"{source}: {k}")
            for k in ("name", "seed", "device", "log_dir", "checkpoint_dir", "data_dir") if k in raw}
     sections = {k: _build_section(cls, raw.get(k, {}), f"{source}: {k}") for k, cls in _SECTIONS.items()}
-    cfg = ExperimentConfig(members=list(members), groups=[list(g) for g in groups], source=source, **top, **sections)
+    tr = _build_torchrec_criteo(tr_raw, f"{source}: torchrec_criteo") if tr_raw is not None else None
+    cfg = ExperimentConfig(members=list(members), groups=[list(g) for g in groups], source=source,
+                           torchrec_criteo=tr, **top, **sections)
 
     if cfg.device not in DEVICES:
         raise ConfigError(f"{source}: device must be one of {', '.join(DEVICES)}, got {cfg.device!r}")
@@ -305,7 +449,9 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>", check_data: 
                 "(use device = \"auto\" or \"cpu\", or the CUDA stack: RECSYS_DEVICE=gpu bash scripts/setup_env.sh)"
             )
 
-    if check_data:
+    if check_data and cfg.torchrec_criteo is not None:  # no meta.json in TorchRec's layout
+        _check_torchrec_data(cfg, cfg.torchrec_criteo)
+    elif check_data:
         try:
             schema = Schema.load(cfg.data_dir)
         except SchemaError as e:

@@ -564,7 +564,7 @@ def evaluate_batches(
 
 def evaluate_split(
     model: nn.Module,
-    data_dir: str | Path,
+    data_dir: Any,  # a directory (str | Path) or a TorchRecCriteo: whatever make_loader takes
     split: str,
     batch_size: int,
     *,
@@ -652,12 +652,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_cli(args: argparse.Namespace) -> int:
     from recsys.checkpoint import GroupCheckpointer
     from recsys.config import load_config
-    from recsys.data.schema import Schema
     from recsys.ensemble import build_group
 
     # load_config checks the splits and that a requested cuda device exists (one-line errors).
     cfg = load_config(args.config, list(args.set) + ([f"device={args.device}"] if args.device else []))
-    schema = Schema.load(cfg.data_dir)
+    schema = cfg.schema()
     device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     names = cfg.member_names
@@ -678,7 +677,7 @@ def _run_cli(args: argparse.Namespace) -> int:
             step = steps[-1]
             ckpt.load(step, model, None)
         model.to(device)
-        res = evaluate_split(model, cfg.data_dir, args.split, batch_size, columns=list(range(len(idx))),
+        res = evaluate_split(model, cfg.data_source(), args.split, batch_size, columns=list(range(len(idx))),
                              num_members=len(idx), device=device, progress=True)
         assert res.member_logits is not None and res.labels is not None
         blocks.append(res.member_logits.float().cpu())

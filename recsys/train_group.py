@@ -142,7 +142,6 @@ class GroupTrainer:
     ) -> None:
         from recsys.checkpoint import GroupCheckpointer
         from recsys.data.loader import make_loader
-        from recsys.data.schema import Schema
         from recsys.distributed import make_optimizer, shard_module
         from recsys.ensemble import build_group
         from recsys.grad_sync import require_global_mean_gradients
@@ -159,7 +158,7 @@ class GroupTrainer:
                 f"{run.group_world} ranks"
             )
         require_global_mean_gradients()
-        schema = Schema.load(cfg.data_dir)
+        schema = cfg.schema()  # meta.json, or [torchrec_criteo]'s day files
         module = GroupTrain(build_group(cfg.members, cfg.member_names, run.members, schema))
         emb_opt = cfg.embedding_optimizer.resolve(env.device.type)
         self.model = shard_module(module, run.pg, env, emb_opt, cfg.sharding.resolve())
@@ -170,7 +169,7 @@ class GroupTrainer:
         # Global batches (not per-rank row ranges): step i trains on the same t.batch_size rows
         # whatever the group's rank count, so the schedule does not change the result.
         self.train_loader = make_loader(
-            cfg.data_dir, "train", t.batch_size, rank=run.group_rank, world_size=run.group_world,
+            cfg.data_source(), "train", t.batch_size, rank=run.group_rank, world_size=run.group_world,
             shuffle=t.shuffle, seed=cfg.seed, drop_last=True, global_batch=True, prefetch=2,
             pin_memory=env.device.type == "cuda",  # else the non_blocking host-to-device copies are synchronous
         )
@@ -243,7 +242,7 @@ class GroupTrainer:
         self._detach()
         mk = len(self.run.members)
         return evaluate_split(
-            self.model, self.cfg.data_dir, split, self.eval_batch, columns=list(range(mk)), num_members=mk,
+            self.model, self.cfg.data_source(), split, self.eval_batch, columns=list(range(mk)), num_members=mk,
             group=self.run.pg, group_rank=self.run.group_rank, group_size=self.run.group_world,
             world=self.run.pg, dst=0, device=self.env.device, progress=self.show_progress,
             pin_memory=self.env.device.type == "cuda",

@@ -182,3 +182,106 @@ def test_cli_data_error_after_process_group_start_is_one_line(tmp_path: Path, da
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("train_group: error: "), r.stderr
     assert lines[0].endswith(f"{data_dir / 'train_sparse.npy'}: no such file (split 'train')"), lines[0]
+
+
+# --------------------------------------------------------------------------- [torchrec_criteo]
+
+TORCHREC_ROWS = (300, 200, 240)  # rows of day_0, day_1, day_2
+
+
+def write_torchrec_days(d: Path, rows: tuple[int, ...] = TORCHREC_ROWS, seed: int = 0) -> None:
+    """TorchRec's Criteo-1TB layout, tiny: raw hashed int64 ids (taken modulo the table sizes),
+    int32 labels [N, 1], float32 dense [N, 13]; the label follows field 0's id parity, so a
+    model can learn it."""
+    import numpy as np
+
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for day, n in enumerate(rows):
+        sparse = rng.integers(0, 1 << 40, size=(n, 26), dtype=np.int64)
+        flip = rng.random(n) < 0.1
+        labels = ((sparse[:, 0] % 2 == 0) ^ flip).astype(np.int32).reshape(n, 1)
+        np.save(d / f"day_{day}_dense.npy", rng.standard_normal((n, 13)).astype(np.float32))
+        np.save(d / f"day_{day}_sparse.npy", sparse)
+        np.save(d / f"day_{day}_labels.npy", labels)
+
+
+TORCHREC_SECTION = (
+    "[torchrec_criteo]\ntrain_days = [0, 1]\nval_days = [[2, 0.0, 0.5]]\ntest_days = [[2, 0.5, 1.0]]\n"
+    "num_embeddings_per_feature = 50\n"
+)
+
+
+def test_torchrec_layout_needs_no_meta_json(tmp_path: Path) -> None:
+    from recsys.data.loader import make_loader
+    from recsys.data.torchrec_layout import TorchRecCriteo
+
+    d = tmp_path / "npy"
+    write_torchrec_days(d)
+    cfg = load_config(write(tmp_path, 'members = ["fnn"]\n' + TORCHREC_SECTION, d))
+    assert not (d / "meta.json").exists()
+    schema = cfg.schema()
+    assert schema.splits == {"train": 500, "val": 120, "test": 120}
+    assert schema.num_sparse == 26 and schema.num_dense == 13
+    assert all(f.num_embeddings == 50 for f in schema.sparse_features)
+    src = cfg.data_source()
+    assert isinstance(src, TorchRecCriteo)
+    batch = next(iter(make_loader(src, "test", 64)))
+    assert batch.sparse_features.values().max() < 50  # ids taken modulo the table size
+    assert "torchrec_criteo.train_days" in cfg.hparams()
+    # Without the section, data_source is the directory itself.
+    plain = load_config(write(tmp_path, 'members = ["fnn"]\n', d), check_data=False)
+    assert plain.data_source() == str(d) and plain.torchrec_criteo is None
+
+
+@pytest.mark.parametrize(
+    "section, needle",
+    [
+        ("train_days = [0, 1, 5]\nval_days = [2]\ntest_days = [2]\nnum_embeddings_per_feature = 50\n",
+         "missing day files in {d}: day_5_dense.npy, day_5_sparse.npy, day_5_labels.npy"),
+        ("train_days = [0]\nval_days = [2]\ntest_days = [2]\nnum_embeddings_per_feature = 50\n"
+         'sparse_suffix = "sparse_contig"\n',
+         "missing day files in {d}: day_0_sparse_contig.npy, day_2_sparse_contig.npy"),
+        ("train_days = [0]\nval_days = [[2, 0.5, 0.2]]\ntest_days = [2]\nnum_embeddings_per_feature = 50\n",
+         "torchrec_criteo.val_days: bad day [2, 0.5, 0.2]"),
+        ("train_days = []\nval_days = [2]\ntest_days = [2]\nnum_embeddings_per_feature = 50\n",
+         "torchrec_criteo.train_days: expected a non-empty list of days"),
+        ("train_days = [0]\nval_days = [2]\nnum_embeddings_per_feature = 50\n",
+         "torchrec_criteo: missing required key 'test_days'"),
+        ("train_days = [0]\nval_days = [2]\ntest_days = [2]\nnum_embeddings_per_feature = [50, 60]\n",
+         "num_embeddings_per_feature: expected a positive integer or a list of 26, got [50, 60]"),
+        ("train_days = [0]\nval_days = [2]\ntest_days = [2]\nnum_embeddings_per_feature = 50\nhashes = 3\n",
+         "torchrec_criteo: unknown key 'hashes'"),
+        ("train_days = [0]\nval_days = [[2, 0.0, 0.001]]\ntest_days = [2]\nnum_embeddings_per_feature = 50\n",
+         "torchrec_criteo.val_days select no rows"),
+    ],
+)
+def test_torchrec_layout_errors_are_one_line(tmp_path: Path, section: str, needle: str) -> None:
+    d = tmp_path / "npy"
+    write_torchrec_days(d)
+    p = write(tmp_path, 'members = ["fnn"]\n[torchrec_criteo]\n' + section, d)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(str(p)), msg
+    assert needle.format(d=d) in msg, msg
+
+
+def test_torchrec_layout_bad_shape_is_one_line(tmp_path: Path) -> None:
+    import numpy as np
+
+    d = tmp_path / "npy"
+    write_torchrec_days(d)
+    np.save(d / "day_1_dense.npy", np.zeros((200, 12), dtype=np.float32))
+    with pytest.raises(ConfigError, match=r"torchrec_criteo: .*day_1_dense\.npy: shape \[200, 12\], expected \[200, 13\]"):
+        load_config(write(tmp_path, 'members = ["fnn"]\n' + TORCHREC_SECTION, d))
+
+
+def test_shipped_torchrec_layout_config_parses() -> None:
+    cfg = load_config(ROOT / "configs" / "criteo_1tb_torchrec_layout.toml", check_data=False)
+    tr = cfg.torchrec_criteo
+    assert tr is not None and tr.sparse_suffix == "sparse"
+    days = tr.days()
+    assert [d for d, _, _ in days["train"]] == list(range(23))
+    assert days["val"] == [(23, 0.0, 0.5)] and days["test"] == [(23, 0.5, 1.0)]
+    assert isinstance(tr.num_embeddings_per_feature, list) and len(tr.num_embeddings_per_feature) == 26
