@@ -361,3 +361,25 @@ def test_numba_kernels_against_numpy() -> None:
     local = rng.integers(0, 100, distinct.size).astype(np.int32)
     got = fp.gather_ids(indices, local, off, np.arange(rows.size))
     np.testing.assert_array_equal(got[:, 1], local[off[1] + indices[1]])
+
+
+def test_lookup_gather_matches_binary_search() -> None:
+    from recsys.data import fast_parse as fp
+    from recsys.data.preprocess import lookup
+
+    rng = np.random.default_rng(1)
+    keys = mix64(rng.integers(0, 300, size=(4, 3000)).astype(np.uint64))
+    rows = np.arange(3000)
+    indices, distinct, _, off = fp.dict_encode(keys, rows, np.ones(rows.size, dtype=bool))
+    vocab = []
+    for f in range(4):  # a random part of each field's values is in the vocabulary; field 3's is empty
+        k = np.unique(distinct[off[f]:off[f + 1]])
+        k = k[rng.random(k.size) < (0.6 if f < 3 else 0.0)]
+        vocab.append((k, rng.permutation(k.size).astype(np.int32) + 1))
+    split = rng.integers(0, 3, rows.size).astype(np.uint8)
+    ids, order, starts = fp.lookup_gather(indices, distinct, off, fp.build_vocab_tables(vocab), split, 3)
+    expect = np.stack([lookup(vk, vi, keys[f]) for f, (vk, vi) in enumerate(vocab)], axis=1)  # [n, F]
+    assert (expect[:, :3] > 0).any() and (expect == 0).any()
+    for s in range(3):
+        np.testing.assert_array_equal(order[starts[s]:starts[s + 1]], np.flatnonzero(split == s))
+    np.testing.assert_array_equal(ids, expect[order])
