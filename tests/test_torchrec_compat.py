@@ -16,9 +16,7 @@ from tests.toy_data import toy_schema
 
 
 def _body(rank: int, world_size: int) -> dict[str, str]:
-    from torchrec.distributed.model_parallel import DistributedModelParallel
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-    from torchrec.distributed.types import ShardingEnv
 
     # A 1-rank group skips TorchRec's broadcast, so the group without global rank 0
     # needs 2 ranks: {0}, {1, 2}.
@@ -34,26 +32,20 @@ def _body(rank: int, world_size: int) -> dict[str, str]:
         out["collective_plan"] = "ok"
     except Exception as e:  # noqa: BLE001
         out["collective_plan"] = f"{type(e).__name__}: {e}"
-    plan = torchrec_compat.plan_on_group(planner, member, [sharder], pg)  # group-local placements
-    try:
-        DistributedModelParallel(
-            member, env=ShardingEnv.from_process_group(pg), device=torch.device("cpu"), plan=plan, sharders=[sharder]
-        )
-        out["local_placements"] = "ok"
-    except Exception as e:  # noqa: BLE001
-        out["local_placements"] = f"{type(e).__name__}: {e}"
+    # The second bug (ShardedTensor rejecting group-local placements) is not probed here:
+    # the failing DMP construction can leave one rank of {1, 2} waiting in a collective
+    # its peer never joins, which hung this test intermittently.  That the workaround
+    # (torchrec_compat.globalize_placements) is needed and works is covered end to end by
+    # tests/test_distributed.py::test_subgroup_without_rank0.
     return out
 
 
 def test_torchrec_18_subgroup_bugs_still_present() -> None:
     rank0, *others = run_ranks(_body, 3)
     # Group {0} contains global rank 0: plain TorchRec works there.
-    assert rank0 == {"collective_plan": "ok", "local_placements": "ok"}, rank0
+    assert rank0 == {"collective_plan": "ok"}, rank0
     # Group {1, 2} does not.
     for rank1 in others:
         assert "Global rank 0 is not part of group" in rank1["collective_plan"], (
             "TorchRec now plans on subgroups: delete torchrec_compat.plan_on_group; got " + rank1["collective_plan"]
-        )
-        assert rank1["local_placements"] != "ok", (
-            "ShardedTensor now accepts group-local placements: delete torchrec_compat.globalize_placements"
         )
