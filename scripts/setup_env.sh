@@ -39,7 +39,7 @@ esac
 # torchrec's runtime deps (its metadata would also pull fbgemm-gpu, so we list them).
 TORCHREC_DEPS=(tensordict "torchmetrics==1.0.3" pyre-extensions tqdm iopath)
 # Our own deps (keep in sync with pyproject.toml [project.dependencies]).
-OWN_DEPS=("numpy<2.4" "pyarrow==26.0.1" "numba==0.68.1" "llvmlite==0.50.0" "torchx==0.7.0" "torchdata==0.11.0" tensorboard matplotlib pytest pytest-timeout)
+OWN_DEPS=("numpy<2.4" "pyarrow==26.0.1" "torchx==0.7.0" "torchdata==0.11.0" tensorboard matplotlib pytest pytest-timeout)
 
 STAMP="$VENV/.recsys-setup-$DEVICE"
 WANT="$TORCH $FBGEMM $TORCHREC ${TORCHREC_DEPS[*]} ${OWN_DEPS[*]}"
@@ -49,8 +49,18 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 VPY="$VENV/bin/python"
+# The Criteo converter's C kernels (recsys/data/criteo_kernels.c), built once per source version
+# with the system C compiler; without one the converter falls back to pyarrow (--engine arrow).
+build_kernels() {
+  if out=$("$VPY" -m recsys.data.native 2>&1); then
+    echo "setup_env: C kernels: $out"
+  else
+    echo "setup_env: warning: ${out#error: } (the Criteo converter will use --engine arrow)" >&2
+  fi
+}
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$VPY" -c "import torchrec, fbgemm_gpu, recsys" 2>/dev/null; then
   echo "setup_env: $VENV is up to date ($DEVICE)"
+  build_kernels
   exit 0
 fi
 # pip warns about every missing local index directory; those lines are noise.
@@ -78,4 +88,5 @@ if os.environ["RECSYS_DEVICE"] == "cpu" and torch.version.cuda is not None:
              "on the cpu path; remove .venv and install torch==2.13.0 from a CPU index")
 print(f"setup_env: torch {torch.__version__} (cuda {torch.version.cuda}), torchrec 1.8.0, fbgemm_gpu ok")
 PY
+build_kernels
 echo "$WANT" > "$STAMP"

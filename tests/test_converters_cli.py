@@ -92,11 +92,11 @@ def test_wrong_dataset_criteo_to_avazu_and_kdd12(tmp_path: Path, capsys: pytest.
     assert "expected 12 tab-separated columns, got 40" in one_error_line(capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("engine", ["numba", "arrow"])
+@pytest.mark.parametrize("engine", ["native", "arrow"])
 def test_bad_rows_below_threshold_are_counted_and_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                            monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
     real = preprocess.resolve_engine
-    monkeypatch.setattr(preprocess, "resolve_engine", lambda _e, dataset: real(engine, dataset))
+    monkeypatch.setattr(preprocess, "resolve_engine", lambda _e, dataset, **kw: real(engine, dataset, **kw))
     rows = criteo_rows(2000)
     rows.insert(5, "\n")  # an empty line (line 6) is skipped but still counts for line numbers
     rows[9] = rows[9].replace("\t", "\t\t", 1)  # line 10: 41 columns

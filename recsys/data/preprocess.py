@@ -3,7 +3,7 @@
 Why it looks like this (speed and memory are requirements, not niceties):
 
 * **No per-row Python.**  Criteo chunks (``--chunk-mb``, default 16 MB) go through a
-  compiled single-pass scanner (``recsys.data.fast_parse``, numba): one loop over the
+  compiled single-pass scanner (``recsys.data.fast_parse``, C): one loop over the
   bytes tokenizes, parses numbers, applies ln^2 and hashes every field to a 64-bit
   key, ~0.7 us/row.  ``--hash`` maps the keys straight to ids; vocabulary mode
   dictionary-encodes them per chunk (row -> index of the chunk's distinct value) so
@@ -46,9 +46,11 @@ import multiprocessing as mp
 import os
 import shutil
 import sys
+import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from multiprocessing.pool import ThreadPool
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -102,7 +104,7 @@ class ConvertConfig:
     max_bad_fraction: float = 0.001
     chunk_mb: float = 16.0
     progress: bool = True
-    engine: str = "auto"  # "auto" (compiled scanner where there is one) | "numba" | "arrow"
+    engine: str = "auto"  # "auto" (compiled scanner where there is one) | "native" | "arrow"
 
 
 # ----------------------------------------------------------------------------- input chunks
@@ -509,26 +511,29 @@ def scan_chunk(data: bytes, task: Task, split_fracs: tuple[float, ...], seed: in
                    int(status.size - n_ok), examples)
 
 
-def resolve_engine(engine: str, dataset: str) -> tuple[str, float]:
-    """("numba", seconds spent compiling/loading its kernels) when the compiled scanner covers
-    ``dataset`` and numba imports, else ("arrow", 0.0).  Must run before the pool forks."""
-    if engine not in ("auto", "numba", "arrow"):
-        raise InputError(f"engine must be auto, numba or arrow, got {engine!r}")
-    if engine == "numba" and dataset != "criteo":
-        raise InputError(f"--engine numba: the compiled scanner reads criteo only, not {dataset}")
+def resolve_engine(engine: str, dataset: str, log: Callable[[str], None] = print) -> tuple[str, float]:
+    """("native", seconds spent building/loading the C kernels) when the compiled scanner covers
+    ``dataset`` and a C compiler is there, else ("arrow", 0.0).  Must run before the pool forks,
+    so that the workers inherit the loaded library."""
+    if engine not in ("auto", "native", "arrow"):
+        raise InputError(f"engine must be auto, native or arrow, got {engine!r}")
+    if engine == "native" and dataset != "criteo":
+        raise InputError(f"--engine native: the compiled scanner reads criteo only, not {dataset}")
     if engine == "arrow" or dataset != "criteo":
         return "arrow", 0.0
+    from recsys.data import fast_parse, native
+
     try:
-        from recsys.data import fast_parse
-    except ImportError as e:
-        if engine == "numba":
-            raise InputError(f"engine numba unavailable: {e}") from None
+        return "native", fast_parse.load()
+    except native.NativeUnavailable as e:
+        if engine == "native":
+            raise InputError(f"--engine native unavailable: {e}") from None
+        log(f"warning: {e}; parsing with pyarrow (--engine arrow, ~2x slower)")
         return "arrow", 0.0
-    return "numba", fast_parse.warm_up()
 
 
 def _parse(job: Job, data: bytes, task: Task) -> Parsed | Scanned:
-    if job.engine == "numba":
+    if job.engine == "native":
         return scan_chunk(data, task, job.split_fracs, job.seed, job.numeric)
     return parse_chunk(FORMATS[job.fmt_name], data, task, job.split_fracs, job.seed, job.numeric)
 
@@ -548,7 +553,7 @@ class Job:
     cache_dir: str
     out_dir: str
     vocab_path: str | None = None
-    engine: str = "arrow"  # resolved: "numba" (recsys.data.fast_parse) or "arrow"
+    engine: str = "arrow"  # resolved: "native" (recsys.data.fast_parse) or "arrow"
     spill: bool = False  # --hash in a pool worker: hand rows back through a file, not the pipe
 
 
@@ -560,6 +565,9 @@ class ChunkStats:
     bad_count: int
     bad_examples: list[tuple[int, str]]
     n_bytes: int
+
+
+CACHE_ARRAYS = ("indices", "dense", "labels", "split", "keys", "offsets")  # a chunk's pass-1 cache files
 
 
 @dataclass
@@ -637,12 +645,13 @@ def run_count_chunk(job: Job, task: Task) -> Pass1Result:
             c = np.bincount(p.indices[f][train], minlength=len(k))
             seen = c > 0
             counts.append((k[seen], c[seen]))
-    # raw .npy files, not .npz: zip's crc32 alone cost more than the write
-    cache_file = os.path.join(job.cache_dir, f"chunk_{task.file_idx:04d}_{task.chunk_idx:06d}")
     offsets = np.cumsum([0] + [k.size for k in p.keys])
-    for name, arr in (("indices", p.indices), ("dense", p.dense), ("labels", p.labels), ("split", p.split),
-                      ("keys", np.concatenate(p.keys) if p.keys else np.zeros(0, np.uint64)),
-                      ("offsets", offsets)):
+    # raw .npy files, not .npz: zip's crc32 alone cost more than the write.  (Holding them in
+    # memory instead, with thread workers, measured no faster: fresh anonymous pages fault in
+    # at the same cost as the page cache's.)
+    cache_file = os.path.join(job.cache_dir, f"chunk_{task.file_idx:04d}_{task.chunk_idx:06d}")
+    for name, arr in zip(CACHE_ARRAYS, (p.indices, p.dense, p.labels, p.split,
+                                        np.concatenate(p.keys) if p.keys else np.zeros(0, np.uint64), offsets)):
         np.save(f"{cache_file}.{name}.npy", arr)
     split_rows = np.bincount(p.split, minlength=len(SPLITS)).tolist()
     return Pass1Result(_stats(task, data, p), counts, cache_file, split_rows)
@@ -650,19 +659,28 @@ def run_count_chunk(job: Job, task: Task) -> Pass1Result:
 
 # per process: a worker loads the vocabulary once, not once per chunk; cleared by convert()
 _VOCAB_MEMO: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-_TABLE_MEMO: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # numba: fast_parse.build_vocab_tables
+_TABLE_MEMO: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # native: fast_parse.build_vocab_tables
+
+
+_MEMO_LOCK = threading.Lock()  # thread workers (native engine) share the memos: build once
 
 
 def _vocab_tables(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if path not in _TABLE_MEMO:
-        from recsys.data.fast_parse import build_vocab_tables
+    with _MEMO_LOCK:
+        if path not in _TABLE_MEMO:
+            from recsys.data.fast_parse import build_vocab_tables
 
-        _TABLE_MEMO.clear()
-        _TABLE_MEMO[path] = build_vocab_tables(_load_vocab(path))
-    return _TABLE_MEMO[path]
+            _TABLE_MEMO.clear()
+            _TABLE_MEMO[path] = build_vocab_tables(_load_vocab_locked(path))
+        return _TABLE_MEMO[path]
 
 
 def _load_vocab(path: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    with _MEMO_LOCK:
+        return _load_vocab_locked(path)
+
+
+def _load_vocab_locked(path: str) -> list[tuple[np.ndarray, np.ndarray]]:
     if path not in _VOCAB_MEMO:
         with np.load(path) as z:
             nf = len(z.files) // 2
@@ -686,12 +704,11 @@ def run_map_chunk(job: Job, item: tuple[str, list[int]]) -> None:
     cache_file, row_offsets = item
     assert job.vocab_path is not None
     vocab = _load_vocab(job.vocab_path)
-    z = {name: np.load(f"{cache_file}.{name}.npy")
-         for name in ("indices", "dense", "labels", "split", "keys", "offsets")}
+    z = {name: np.load(f"{cache_file}.{name}.npy") for name in CACHE_ARRAYS}
     indices, keys, off = z["indices"], z["keys"], z["offsets"]
     if indices.shape[1] == 0:  # a chunk with no good rows
         vocab = []
-    if job.engine == "numba":
+    if job.engine == "native":
         from recsys.data.fast_parse import lookup_gather
 
         sparse, order, starts = lookup_gather(indices, keys, off, _vocab_tables(job.vocab_path), z["split"],
@@ -753,7 +770,7 @@ def _call(args: tuple[Callable[[Job, Any], Any], Job, Any]) -> Any:
     return fn(job, item)
 
 
-def make_pool(workers: int) -> Any:
+def make_pool(workers: int, engine: str) -> Any:
     """A worker pool, or None for in-process work (workers <= 1).
 
     Forked, not spawned: start-up is instant, nothing is re-imported, and it works
@@ -764,6 +781,8 @@ def make_pool(workers: int) -> Any:
     """
     if workers <= 1:
         return None
+    if engine == "native":
+        return ThreadPool(workers)
     return mp.get_context("fork").Pool(workers, initializer=_init_worker)
 
 
@@ -955,7 +974,7 @@ def _resolve_files(cfg: ConvertConfig) -> tuple[list[str], list[int]]:
 
 
 def _build_vocab(
-    counts: list[list[tuple[np.ndarray, np.ndarray]]], min_count: int
+    counts: list[list[tuple[np.ndarray, np.ndarray]]], min_count: int, engine: str
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[int]]:
     """Per field: (sorted keys, their ids) for values with train count >= min_count.
 
@@ -964,7 +983,7 @@ def _build_vocab(
     """
     vocab, sizes = [], []
     for parts in counts:
-        k, c = _merge_counts(parts)
+        k, c = _merge_counts(parts, engine)
         keep = c >= min_count
         k, c = k[keep], c[keep]
         order = np.lexsort((k, -c))
@@ -976,15 +995,13 @@ def _build_vocab(
     return vocab, sizes
 
 
-def _merge_counts(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Sums counts of equal keys (a hash group-by in arrow's C++)."""
+def _merge_counts(parts: list[tuple[np.ndarray, np.ndarray]], engine: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sums counts of equal keys: the C kernel's hash aggregation, or arrow's group-by (~10x slower)."""
     if not parts:
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    try:
+    if engine == "native":
         from recsys.data.fast_parse import sum_by_key
-    except ImportError:  # no numba: arrow's hash group-by (~10x slower here)
-        pass
-    else:
+
         return sum_by_key(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
     t = pa.table({"k": np.concatenate([p[0] for p in parts]), "c": np.concatenate([p[1] for p in parts])})
     g = t.group_by("k").aggregate([("c", "sum")])
@@ -996,16 +1013,17 @@ class _Counter:
 
     COMPACT_AT = 8_000_000
 
-    def __init__(self, num_fields: int) -> None:
+    def __init__(self, num_fields: int, engine: str) -> None:
         self.parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(num_fields)]
         self.pending = 0
+        self.engine = engine
 
     def add(self, counts: list[tuple[np.ndarray, np.ndarray]]) -> None:
         for f, kc in enumerate(counts):
             self.parts[f].append(kc)
             self.pending += kc[0].size
         if self.pending > self.COMPACT_AT:
-            self.parts = [[_merge_counts(p)] for p in self.parts]
+            self.parts = [[_merge_counts(p, self.engine)] for p in self.parts]
             self.pending = sum(p[0][0].size for p in self.parts)
 
     def final(self) -> list[list[tuple[np.ndarray, np.ndarray]]]:
@@ -1038,15 +1056,16 @@ def convert(cfg: ConvertConfig, log: Callable[[str], None] = print) -> Schema:
     shutil.rmtree(cache_dir, ignore_errors=True)
     cache_dir.mkdir()
     cpu0 = time.process_time()
-    engine, jit_seconds = resolve_engine(cfg.engine, fmt.name)
-    jit_cpu = time.process_time() - cpu0
+    engine, load_seconds = resolve_engine(cfg.engine, fmt.name, log=log)
+    load_cpu = time.process_time() - cpu0
     job = Job(fmt.name, cfg.numeric, fracs, cfg.seed, cfg.hash_size, str(cache_dir), str(out), engine=engine,
-              spill=cfg.workers > 1)
+              spill=cfg.workers > 1 and engine != "native")
     chunk_bytes = max(1 << 16, int(cfg.chunk_mb * (1 << 20)))
     # gzip chunks are counted in decompressed bytes, whose total is unknown up front
     total_bytes = None if any(_is_gz(p) for p in files) else sum(os.path.getsize(p) for p in files)
     t0 = time.perf_counter()
-    pool = make_pool(cfg.workers)
+    phases: dict[str, float] = {}  # wall seconds per phase, in meta.json: where a run's time went
+    pool = make_pool(cfg.workers, engine)
     writer = SplitWriter(out, len(dense_names), len(sparse_names))
     bad = BadRowLog()
     try:
@@ -1064,8 +1083,9 @@ def convert(cfg: ConvertConfig, log: Callable[[str], None] = print) -> Schema:
             bar.close()
             bad.check(cfg.max_bad_fraction)
             sizes = [cfg.hash_size] * len(sparse_names)
+            phases["hash_pass"] = time.perf_counter() - t0
         else:
-            counter = _Counter(len(sparse_names))
+            counter = _Counter(len(sparse_names), job.engine)
             caches: list[tuple[str, list[int]]] = []
             split_rows = [0] * len(SPLITS)
             for r in ordered_map(run_count_chunk, tasks, job, pool, cfg.workers):
@@ -1076,16 +1096,19 @@ def convert(cfg: ConvertConfig, log: Callable[[str], None] = print) -> Schema:
                 bar.update(r.stats.n_bytes)
             bar.close()
             bad.check(cfg.max_bad_fraction)
-            vocab, sizes = _build_vocab(counter.final(), min_count)
+            phases["count_pass"] = time.perf_counter() - t0
+            vocab, sizes = _build_vocab(counter.final(), min_count, job.engine)
             vocab_path = str(cache_dir / "vocab.npz")
             np.savez(vocab_path, **{f"keys{f}": k for f, (k, _) in enumerate(vocab)},
                      **{f"ids{f}": i for f, (_, i) in enumerate(vocab)})
             del vocab, counter
-            job2 = Job(**{**asdict(job), "vocab_path": vocab_path})
+            job2 = replace(job, vocab_path=vocab_path)
             writer.preallocate(dict(zip(SPLITS, split_rows)))
+            phases["vocabulary"] = time.perf_counter() - t0 - phases["count_pass"]
             for _ in tqdm(ordered_map(run_map_chunk, caches, job2, pool, cfg.workers), total=len(caches),
                           unit="chunk", desc=f"{fmt.name}: map", disable=not cfg.progress):
                 pass
+            phases["map_pass"] = time.perf_counter() - t0 - phases["count_pass"] - phases["vocabulary"]
         rows = writer.rows()
         writer.commit()
     except BaseException:
@@ -1124,13 +1147,14 @@ def convert(cfg: ConvertConfig, log: Callable[[str], None] = print) -> Schema:
         ),
         "chunk_bytes": chunk_bytes,
         "engine": job.engine,
-        # numba compile (first run) or cache load, before "seconds" starts: wall and CPU
-        "jit_seconds": round(jit_seconds, 3),
-        "jit_cpu_seconds": round(jit_cpu, 3),
+        # C kernels' build (first run of a source version) or load, before "seconds" starts
+        "kernel_load_seconds": round(load_seconds, 3),
+        "kernel_load_cpu_seconds": round(load_cpu, 3),
         "rows_read": bad.rows,
         "bad_rows": bad.bad,
         "max_bad_fraction": cfg.max_bad_fraction,
         "seconds": round(elapsed, 3),
+        "phase_seconds": {k: round(v, 3) for k, v in phases.items()},
     }
     schema = Schema(
         dataset=fmt.name,
@@ -1189,9 +1213,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
                        help="discretize: floor(ln(v)^2) tokens (paper); dense: log(1+v) floats")
     p.add_argument("--max-bad-fraction", type=float, default=0.001)
     p.add_argument("--chunk-mb", type=float, default=16.0, help="bytes per parallel chunk (MB)")
-    p.add_argument("--engine", choices=["auto", "numba", "arrow"], default="auto",
-                   help="parser: numba = compiled single-pass scanner (Criteo; auto picks it when numba "
-                        "is installed), arrow = pyarrow CSV reader (all datasets)")
+    p.add_argument("--engine", choices=["auto", "native", "arrow"], default="auto",
+                   help="parser: native = compiled single-pass C scanner (Criteo; auto picks it when a C "
+                        "compiler is there to build it once), arrow = pyarrow CSV reader (all datasets)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
