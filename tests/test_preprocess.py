@@ -358,6 +358,19 @@ def test_native_kernels_against_numpy() -> None:
         assert {k: v for k, v in got.items() if v} == dict(zip(u.tolist(), c.tolist()))
     k, c = fp.sum_by_key(np.array([5, 7, 5, 9, 7, 5], np.uint64), np.array([1, 2, 3, 4, 5, 6]))
     assert dict(zip(k.tolist(), c.tolist())) == {5: 10, 7: 7, 9: 4}
+    # many values: the tables grow several times (they start at 1,024 slots) while being probed ahead
+    many = mix64(rng.integers(0, 20_000, size=(2, 50_000)).astype(np.uint64))
+    idx, dist, cnt, off2 = fp.dict_encode(many, np.arange(50_000), np.ones(50_000, dtype=bool))
+    for f in range(2):
+        u, c = np.unique(many[f], return_counts=True)
+        d = dist[off2[f]:off2[f + 1]]
+        np.testing.assert_array_equal(d[idx[f]], many[f])
+        assert d.size == u.size > 10_000
+        assert dict(zip(d.tolist(), cnt[off2[f]:off2[f + 1]].tolist())) == dict(zip(u.tolist(), c.tolist()))
+    k, c = fp.sum_by_key(many.reshape(-1), np.arange(many.size))
+    u, inv = np.unique(many.reshape(-1), return_inverse=True)
+    sums = np.bincount(inv, weights=np.arange(many.size)).astype(np.int64)
+    assert dict(zip(k.tolist(), c.tolist())) == dict(zip(u.tolist(), sums.tolist()))
     ids = fp.hashed_ids(keys, rows, 13)
     np.testing.assert_array_equal(ids, (keys[:, rows] % np.uint64(13)).T.astype(np.int32))
 

@@ -81,7 +81,10 @@ def _tree_rss_kb(root: int) -> int:
 
 def run_child(name: str, rows: int, code: str) -> Measurement:
     """Runs ``code`` in a fresh interpreter; it must print one JSON line ``{"seconds": s}`` last."""
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # as data_prep/*_to_npy.py do; neither converter calls BLAS (its idle threads would spin ~0.1 s)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
     peak = 0
     done = threading.Event()
 

@@ -19,9 +19,17 @@
 #define NUM_INT 13
 #define NUM_CAT 26
 #define CRITEO_COLUMNS 40
+#define PREFETCH 8        /* hash-table probes are issued this many keys ahead */
+#define GATHER_BLOCK 128 /* rows per block in rc_lookup_gather: 128 x 39 x 4 bytes of output fit L1 */
 #define TABLE 65536 /* non-negative integers below this use the precomputed key / log1p tables */
 
 enum { OK = 0, BAD_COLUMNS = 1, BAD_VALUE = 2 };
+
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH_ADDR(p) __builtin_prefetch(p)
+#else
+#define PREFETCH_ADDR(p) ((void)(p))
+#endif
 enum { NUMBER = 0, EMPTY = 1, NOT_A_NUMBER = 2 };
 
 static const uint64_t C_LEN = 0xC2B2AE3D27D4EB4FULL;
@@ -299,6 +307,8 @@ int32_t rc_dict_encode(const uint64_t *keys, int64_t stride, int64_t num_fields,
         int64_t base = offsets[f], m = 0;
         int added;
         for (int64_t i = 0; i < n; i++) {
+            /* tables of the many-valued fields outgrow L2: start the miss of a later key now */
+            if (i + PREFETCH < n) PREFETCH_ADDR(t.slots + 2 * (int64_t)(kf[rows[i + PREFETCH]] & (uint64_t)(t.size - 1)));
             int64_t j = table_index(&t, kf[rows[i]], distinct + base, &m, &added);
             if (j < 0) return -1;
             if (added) counts[base + j] = 0;
@@ -329,6 +339,7 @@ int64_t rc_sum_by_key(const uint64_t *keys, const int64_t *counts, int64_t n, ui
     int64_t m = 0;
     int added;
     for (int64_t i = 0; i < n; i++) {
+        if (i + PREFETCH < n) PREFETCH_ADDR(t.slots + 2 * (int64_t)(keys[i + PREFETCH] & (uint64_t)(t.size - 1)));
         int64_t j = table_index(&t, keys[i], out_keys, &m, &added);
         if (j < 0) return -1;
         if (added) out_counts[j] = 0;
@@ -374,6 +385,7 @@ int32_t rc_lookup_gather(const int32_t *indices, int64_t num_fields, int64_t n, 
         for (int64_t j = offsets[f]; j < offsets[f + 1]; j++) {
             uint64_t k = keys[j];
             int64_t h = (int64_t)(k & (uint64_t)m);
+            if (j + PREFETCH < offsets[f + 1]) PREFETCH_ADDR(t + 2 * (int64_t)(keys[j + PREFETCH] & (uint64_t)m));
             for (;;) {
                 uint64_t v = t[2 * h + 1];
                 if (v == 0) break;
@@ -390,9 +402,15 @@ int32_t rc_lookup_gather(const int32_t *indices, int64_t num_fields, int64_t n, 
     for (int64_t s = 0; s < num_splits; s++) starts[s + 1] += starts[s];
     for (int64_t s = 0; s < num_splits; s++) at[s] = starts[s];
     for (int64_t i = 0; i < n; i++) order[at[split[i]]++] = i;
-    for (int64_t o = 0; o < n; o++) {
-        int64_t i = order[o];
-        for (int64_t f = 0; f < num_fields; f++) out[o * num_fields + f] = local[offsets[f] + indices[f * n + i]];
+    /* blocks of rows, field by field inside a block: the reads of indices (field-major) run along
+     * one field and the block of out (row-major) stays in L1 while its fields are filled in */
+    for (int64_t o0 = 0; o0 < n; o0 += GATHER_BLOCK) {
+        int64_t o1 = o0 + GATHER_BLOCK < n ? o0 + GATHER_BLOCK : n;
+        for (int64_t f = 0; f < num_fields; f++) {
+            const int32_t *idx = indices + f * n;
+            const int32_t *loc = local + offsets[f];
+            for (int64_t o = o0; o < o1; o++) out[o * num_fields + f] = loc[idx[order[o]]];
+        }
     }
     free(local);
     free(at);
