@@ -18,7 +18,7 @@ use of a source version, ~1 s) happens in an untimed warm-up run.
 
 Example::
 
-    python -m recsys.bench.preprocess                       # 1M rows, hash at 1M and 4M
+    python -m recsys.bench.preprocess                       # 1M rows, hash at 1M, 4M and 16M (4M x 4)
     python -m recsys.bench.preprocess --rows 200000 --hash-rows 200000 400000 --torchrec-rows 50000
 """
 from __future__ import annotations
@@ -124,8 +124,9 @@ _CPU_START = (
 )
 
 
-def ours_code(inp: Path, out: Path, workers: int, extra: list[str]) -> str:
-    argv = ["--input", str(inp), "--output", str(out), "--workers", str(workers), "--no-progress", *extra]
+def ours_code(inp: Path | list[Path], out: Path, workers: int, extra: list[str]) -> str:
+    inputs = [str(x) for x in (inp if isinstance(inp, list) else [inp])]
+    argv = ["--input", *inputs, "--output", str(out), "--workers", str(workers), "--no-progress", *extra]
     return (
         "import json, time\n"
         "from recsys.data.preprocess import main\n"
@@ -164,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="rows TorchRec converts (a slice of the same file; 0 = all --rows)")
     p.add_argument("--hash-rows", type=int, nargs="*", default=[1_000_000, 4_000_000],
                    help="row counts for the --hash memory check")
+    p.add_argument("--hash-repeat", type=int, default=4,
+                   help="one more --hash run on the largest --hash-rows file given this many times")
     p.add_argument("--hash-size", type=int, default=1_000_000)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--workdir", default=None, help="scratch dir (default: a temp dir, removed after)")
@@ -215,12 +218,16 @@ def main(argv: list[str] | None = None) -> int:
                  args.workers)]
         runs += [(f"ours --hash {args.hash_size}, {args.workers} workers", r, hash_flag, args.workers)
                  for r in args.hash_rows]
+        if args.hash_repeat > 1 and args.hash_rows:  # the largest file given N times: memory at N x the rows
+            runs += [(f"ours --hash {args.hash_size}, {args.workers} workers ({args.hash_repeat} inputs)",
+                      args.hash_repeat * max(args.hash_rows), hash_flag, args.workers)]
         runs += [(f"ours --hash {args.hash_size} --numeric dense, {args.workers} workers", args.rows,
                   hash_flag + ["--numeric", "dense"], args.workers)]
         for name, rows, extra, workers in runs:
             print(f"{name} on {rows:,} rows ...", flush=True)
             out = work / "ours"
-            results.append(run_child(name, rows, ours_code(sized(rows), out, workers, extra)))
+            inp = [sized(max(args.hash_rows))] * args.hash_repeat if "inputs)" in name else sized(rows)
+            results.append(run_child(name, rows, ours_code(inp, out, workers, extra)))
             shutil.rmtree(out, ignore_errors=True)
         results.append(torchrec("last"))
     finally:
