@@ -54,28 +54,25 @@ class Measurement:
 
 
 def _tree_rss_kb(root: int) -> int:
-    """Sum of VmRSS over ``root`` and all its descendants (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/statm") as f:
-                pages = int(f.read().split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        pid = int(entry)
-        children.setdefault(ppid, []).append(pid)
-        rss[pid] = pages * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    """Sum of RSS over ``root`` and all its descendants (Linux /proc).
+
+    Walks the tree through ``/proc/<pid>/task/<tid>/children``: a few reads per sample.
+    Scanning every process in /proc instead cost ~3 ms of CPU per sample, ~15% of a core
+    at 20 ms intervals, which on a 2-core machine slowed a 2-worker converter and not the
+    single-threaded TorchRec one.
+    """
+    page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
     total, stack = 0, [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
-        stack += children.get(pid, [])
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * page_kb
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    stack += [int(c) for c in f.read().split()]
+        except (OSError, IndexError, ValueError):  # the process (or thread) just exited
+            continue
     return total
 
 
