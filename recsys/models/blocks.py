@@ -24,6 +24,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.schema import Schema
+from recsys.models.spec import MemberConfig
 
 
 def table_name(member: str, field: str) -> str:
@@ -35,9 +36,18 @@ def table_name(member: str, field: str) -> str:
     return f"{member}__{field}"
 
 
-def xavier_uniform_init(weight: torch.Tensor) -> None:
-    """Xavier-uniform init for an embedding table, as the reference code does."""
-    nn.init.xavier_uniform_(weight)
+EMBEDDING_INITS = ("normal", "xavier")
+EMBEDDING_INIT_STD = 1e-4  # "normal": FuxiCTR's embedding_initializer, normal_(std=1e-4)
+
+
+def init_embedding_table(weight: torch.Tensor, scheme: str) -> None:
+    """Initializes one embedding table in place (see ``MemberConfig.embedding_init``)."""
+    if scheme == "normal":
+        nn.init.normal_(weight, std=EMBEDDING_INIT_STD)
+    elif scheme == "xavier":
+        nn.init.xavier_uniform_(weight)
+    else:
+        raise ValueError(f"embedding_init must be one of {', '.join(EMBEDDING_INITS)}, got {scheme!r}")
 
 
 class MLP(nn.Module):
@@ -80,6 +90,7 @@ def make_ebc(
     embedding_dim: int,
     device: torch.device | None = None,
     num_sets: int | None = None,
+    init: str = "normal",
 ) -> EmbeddingBagCollection:
     """The member's own EBC: one table per field, named ``<member>__<field>``.
 
@@ -104,7 +115,7 @@ def make_ebc(
     ebc = EmbeddingBagCollection(tables=tables, device=device or torch.device("cpu"))
     if (device or torch.device("cpu")).type != "meta":
         for table in ebc.embedding_bags.values():
-            xavier_uniform_init(table.weight.data)
+            init_embedding_table(table.weight.data, init)
     return ebc
 
 
@@ -164,16 +175,16 @@ def num_tokens(schema: Schema) -> int:
 
 
 def member_arches(
-    name: str, schema: Schema, embedding_dim: int
+    name: str, schema: Schema, cfg: MemberConfig
 ) -> tuple[SparseArch, DenseArch | None]:
     """The parts every builder shares: the member's own EBC and, if the schema has
     dense features, the DenseArch that turns them into one more token.
 
     Example::
 
-        sparse_arch, dense_arch = member_arches("m0", schema, 16)
+        sparse_arch, dense_arch = member_arches("m0", schema, MemberConfig(embedding_dim=16))
         member = Member("m0", "ipnn", sparse_arch, interaction, over_arch, dense_arch)
     """
-    sparse_arch = SparseArch(make_ebc(name, schema, embedding_dim), schema.sparse_names)
-    dense_arch = DenseArch(schema.num_dense, embedding_dim) if schema.num_dense else None
+    sparse_arch = SparseArch(make_ebc(name, schema, cfg.embedding_dim, init=cfg.embedding_init), schema.sparse_names)
+    dense_arch = DenseArch(schema.num_dense, cfg.embedding_dim) if schema.num_dense else None
     return sparse_arch, dense_arch

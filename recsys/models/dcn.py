@@ -78,7 +78,7 @@ def build_cross_member(
 ) -> Member:
     """A DCN-style member; ``make_cross(N)`` returns the cross net on N = T*D features
     and its FLOPs per example.  Shared by DCN and DCN-v2, which differ only there."""
-    sparse_arch, dense_arch = member_arches(name, schema, cfg.embedding_dim)
+    sparse_arch, dense_arch = member_arches(name, schema, cfg)
     cross, cross_flops = make_cross(num_tokens(schema) * cfg.embedding_dim)
     interaction = ParallelCrossInteraction(
         cross, cross_flops, num_tokens(schema), cfg.embedding_dim, cfg.mlp, cfg.dropout

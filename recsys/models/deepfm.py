@@ -84,7 +84,7 @@ def build_deepfm(cfg: DeepFMConfig, schema: Schema, name: str) -> Member:
         member = build_member("deepfm:mlp=256-128,first_order=true", schema, name="dfm0")
         logits = member(dense, kjt)   # [B]
     """
-    sparse_arch, dense_arch = member_arches(name, schema, cfg.embedding_dim)
+    sparse_arch, dense_arch = member_arches(name, schema, cfg)
     return Member(
         name=name,
         spec="deepfm",

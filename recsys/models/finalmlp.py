@@ -153,7 +153,7 @@ def build_finalmlp(cfg: FinalMLPConfig, schema: Schema, name: str) -> Member:
         member = build_member("finalmlp:mlp=512-256,num_heads=4", schema, name="fmlp0")
         logits = member(dense, kjt)   # [B]
     """
-    sparse_arch, dense_arch = member_arches(name, schema, cfg.embedding_dim)
+    sparse_arch, dense_arch = member_arches(name, schema, cfg)
     return Member(
         name=name,
         spec="finalmlp",

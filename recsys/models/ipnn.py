@@ -58,7 +58,7 @@ def build_ipnn(cfg: IPNNConfig, schema: Schema, name: str) -> Member:
         member = build_member("ipnn:mlp=256-128", schema, name="ipnn0")
         logits = member(dense, kjt)   # [B]
     """
-    sparse_arch, dense_arch = member_arches(name, schema, cfg.embedding_dim)
+    sparse_arch, dense_arch = member_arches(name, schema, cfg)
     interaction = InnerProductInteraction(num_tokens(schema), cfg.embedding_dim)
     return Member(
         name=name,

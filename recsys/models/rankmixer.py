@@ -165,7 +165,7 @@ def build_rankmixer(cfg: RankMixerConfig, schema: Schema, name: str) -> Member:
         member = build_member("rankmixer:tokens=5,token_dim=7,mlp=256-128", schema, name="rm0")
         logits = member(dense, kjt)   # [B]
     """
-    sparse_arch, dense_arch = member_arches(name, schema, cfg.embedding_dim)
+    sparse_arch, dense_arch = member_arches(name, schema, cfg)
     interaction = RankMixerInteraction(num_tokens(schema), cfg.embedding_dim, cfg)
     return Member(
         name=name,

@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 
 from recsys.data.schema import Schema
+from recsys.models.blocks import EMBEDDING_INITS
 from recsys.models.dcn import DCNConfig, build_dcn
 from recsys.models.dcnv2 import DCNv2Config, build_dcnv2
 from recsys.models.deepfm import DeepFMConfig, build_deepfm
@@ -58,6 +59,9 @@ def build_member(spec: str, schema: Schema, name: str | None = None) -> Member:
     name = name or model
     if not name.isidentifier():
         raise SpecError(f"member name {name!r} must be a Python identifier")
+    if cfg.embedding_init not in EMBEDDING_INITS:
+        raise SpecError(f"{model}: embedding_init must be one of {', '.join(EMBEDDING_INITS)}, "
+                        f"got {cfg.embedding_init!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         member = MODELS[model].builder(cfg, schema, name)

@@ -28,6 +28,12 @@ class MemberConfig:
     seed: int = 0
     embedding_dim: int = 16
     dropout: float = 0.0
+    # "normal": N(0, 1e-4^2), FuxiCTR's default for every model; "xavier": xavier-uniform.
+    # Xavier's bound sqrt(6 / (rows + dim)) gives the small tables (numeric tokens, a few
+    # dozen rows) entries of +-0.3 to 0.6: DeepFM's FM term over 741 field pairs then starts
+    # as noise of about one logit, and on the demo data it reached val AUC 0.768 against
+    # 0.789 with the normal init (FNN: 0.790 -> 0.792).
+    embedding_init: str = "normal"
 
 
 def _coerce(value: str, tp: Any, model: str, key: str) -> Any:

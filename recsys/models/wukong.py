@@ -118,7 +118,7 @@ def build_wukong(cfg: WukongConfig, schema: Schema, name: str) -> Member:
         member = build_member("wukong:layers=2,fmb_rank=8,mlp=256-128", schema, name="wk0")
         logits = member(dense, kjt)   # [B]
     """
-    sparse_arch, dense_arch = member_arches(name, schema, cfg.embedding_dim)
+    sparse_arch, dense_arch = member_arches(name, schema, cfg)
     interaction = WukongInteraction(num_tokens(schema), cfg.embedding_dim, cfg)
     return Member(
         name=name,
