@@ -270,7 +270,7 @@ def _edge_criteo_text(tmp_path: Path) -> str:
     base = lines[0].split("\t")
     extra = []
     for v in ["-2", "-1", "0", "2", "3", "1000", "260.0", "", "2.5", "1e3", "-0", "+7", ".5", "5.", "65535",
-              "65536", "99999.5", "123456789012345678901", "0.000001"]:
+              "65536", "99999.5", "123456789012345678901", "0.000001", "-1e30"]:
         for col in (1, 9):
             f = list(base)
             f[col] = v
@@ -310,7 +310,7 @@ def test_native_engine_matches_arrow_engine(tmp_path: Path, mode: str) -> None:
         outs[engine] = (schema, out)
     (sa, oa), (sn, on) = outs["arrow"], outs["native"]
     assert sa.splits == sn.splits and sa.vocab_sizes == sn.vocab_sizes
-    assert sa.preprocessing["rows_read"] == sn.preprocessing["rows_read"] == 1500 + 42 + 6
+    assert sa.preprocessing["rows_read"] == sn.preprocessing["rows_read"] == 1500 + 44 + 6
     for split in ("train", "val", "test"):
         for a, b in zip(load(oa, split), load(on, split)):
             np.testing.assert_array_equal(a, b)
@@ -326,11 +326,11 @@ def test_native_scanner_reports_bad_rows_at_the_same_lines(tmp_path: Path) -> No
         a = parse_chunk(CRITEO, data, task, (0.8, 0.1, 0.1), 5, numeric)
         s = scan_chunk(data, task, (0.8, 0.1, 0.1), 5, numeric)
         assert (s.n_lines, s.n_rows, s.bad_count) == (a.n_lines, a.n_rows, a.bad_count) == (
-            data.count(b"\n"), 1500 + 42 + 6, 6)
+            data.count(b"\n"), 1500 + 44 + 6, 6)
         assert s.bad_examples == a.bad_examples
         lines = [line for line, _ in s.bad_examples]
-        # 700 rows, 43 edge lines (one empty), 3 bad, 800 rows, 3 bad
-        assert lines == [744, 745, 746, 1547, 1548]
+        # 700 rows, 45 edge lines (one empty), 3 bad, 800 rows, 3 bad
+        assert lines == [746, 747, 748, 1549, 1550]
         assert "expected 40 columns, got 20" in s.bad_examples[0][1]
         assert s.bad_examples[2][1] == "non-numeric I3 value"
         assert s.bad_examples[3][1] == "bad label (label) value"

@@ -207,7 +207,10 @@ int64_t rc_scan_criteo(const uint8_t *buf, int64_t n, int32_t dense_mode, int64_
                     keys[(col - 1) * cap + r] = key_table[iv];
                 } else {
                     double lv = v > 2 ? log(v) : 0.0;
-                    int64_t tok = v > 2 ? (int64_t)floor(lv * lv) : (int64_t)trunc(v);
+                    /* below -2^63 the cast is undefined in C; numpy's astype(int64) gives INT64_MIN */
+                    int64_t tok = v > 2                       ? (int64_t)floor(lv * lv)
+                                  : v < -9.2233720368547758e18 ? INT64_MIN
+                                                               : (int64_t)trunc(v);
                     keys[(col - 1) * cap + r] = mix64((uint64_t)tok ^ tag_num);
                 }
             } else if (col < CRITEO_COLUMNS) {
