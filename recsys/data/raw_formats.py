@@ -122,7 +122,8 @@ def criteo_token(v: np.ndarray) -> np.ndarray:
     out = np.trunc(v)
     big = v > 2
     out[big] = np.floor(np.log(v[big]) ** 2)
-    return out.astype(np.int64)
+    with np.errstate(invalid="ignore"):  # below -2^63: INT64_MIN, as the C scanner does
+        return out.astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- layouts
