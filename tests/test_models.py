@@ -109,10 +109,6 @@ def test_seed_determines_init(name: str) -> None:
 
 # -- learning: every model beats logistic regression on the planted pairwise signal --
 # 30k training rows, 300 Adam steps of 256 (~2.6 epochs), lr 3e-3, 5k held-out rows.
-# The members use embedding_init=xavier here: with dense Adam on the tables (this test's
-# regime, not training's fused row-wise Adagrad), 300 steps from N(0, 1e-4^2) leave the
-# MLP-heavy models short (FNN 0.736, D-MoE 0.722 against 0.772 and 0.765 with xavier);
-# the default init is exercised by the training tests (tests/test_train_group.py).
 # Measured with these small specs on data seeds 0-2 (test AUC): LR 0.712-0.718 (its
 # ceiling with 5x the steps is ~0.725); every model 0.740-0.779, i.e. at least 0.022
 # above LR; model seeds 1-2 on data seed 0 gave 0.756-0.776 against LR's 0.718.
@@ -151,7 +147,7 @@ def learn_data() -> tuple[Schema, torch.Tensor, torch.Tensor, torch.Tensor, floa
 @pytest.mark.parametrize("name", NAMES)
 def test_learns_beyond_logistic_regression(name: str, learn_data) -> None:  # type: ignore[no-untyped-def]
     schema, dense, ids, labels, lr_auc = learn_data
-    member = build_member(small_spec(name, "embedding_init=xavier"), schema, name="m0")
+    member = build_member(small_spec(name), schema, name="m0")
     keys = schema.sparse_names
     _train(list(member.parameters()), lambda idx: _loss(member, keys, dense[idx], ids[idx], labels[idx]))
     test = slice(LEARN_ROWS, None)
@@ -181,6 +177,17 @@ def test_embedding_init_schemes(name: str) -> None:
         assert w.abs().max().item() <= bound and w.abs().max().item() > 0.9 * bound
     with pytest.raises(SpecError, match="embedding_init must be one of normal, xavier, got 'zeros'"):
         build_member(f"{name}:embedding_init=zeros", schema)
+    with pytest.raises(SpecError, match="embedding_init_std must be > 0"):
+        build_member(f"{name}:embedding_init=normal,embedding_init_std=0", schema)
+    wide = build_member(small_spec(name, "embedding_init=normal,embedding_init_std=0.02"), schema, name="m")
+    w = next(v for k, v in wide.state_dict().items() if "embedding_bags" in k and k.endswith("weight"))
+    assert 0.018 < w.std().item() < 0.022
+
+
+def test_embedding_init_defaults() -> None:
+    """Xavier keeps homogeneous seeds diverse; DeepFM's FM term wants small tables (see spec.py)."""
+    assert all(MODELS[n].config().embedding_init == "xavier" for n in NAMES if n != "deepfm")
+    assert MODELS["deepfm"].config().embedding_init == "normal"
 
 
 # -- bad specs --

@@ -37,13 +37,12 @@ def table_name(member: str, field: str) -> str:
 
 
 EMBEDDING_INITS = ("normal", "xavier")
-EMBEDDING_INIT_STD = 1e-4  # "normal": FuxiCTR's embedding_initializer, normal_(std=1e-4)
 
 
-def init_embedding_table(weight: torch.Tensor, scheme: str) -> None:
+def init_embedding_table(weight: torch.Tensor, scheme: str, std: float) -> None:
     """Initializes one embedding table in place (see ``MemberConfig.embedding_init``)."""
     if scheme == "normal":
-        nn.init.normal_(weight, std=EMBEDDING_INIT_STD)
+        nn.init.normal_(weight, std=std)
     elif scheme == "xavier":
         nn.init.xavier_uniform_(weight)
     else:
@@ -91,6 +90,7 @@ def make_ebc(
     device: torch.device | None = None,
     num_sets: int | None = None,
     init: str = "normal",
+    init_std: float = 1e-4,
 ) -> EmbeddingBagCollection:
     """The member's own EBC: one table per field, named ``<member>__<field>``.
 
@@ -115,7 +115,7 @@ def make_ebc(
     ebc = EmbeddingBagCollection(tables=tables, device=device or torch.device("cpu"))
     if (device or torch.device("cpu")).type != "meta":
         for table in ebc.embedding_bags.values():
-            init_embedding_table(table.weight.data, init)
+            init_embedding_table(table.weight.data, init, init_std)
     return ebc
 
 
@@ -185,6 +185,7 @@ def member_arches(
         sparse_arch, dense_arch = member_arches("m0", schema, MemberConfig(embedding_dim=16))
         member = Member("m0", "ipnn", sparse_arch, interaction, over_arch, dense_arch)
     """
-    sparse_arch = SparseArch(make_ebc(name, schema, cfg.embedding_dim, init=cfg.embedding_init), schema.sparse_names)
+    ebc = make_ebc(name, schema, cfg.embedding_dim, init=cfg.embedding_init, init_std=cfg.embedding_init_std)
+    sparse_arch = SparseArch(ebc, schema.sparse_names)
     dense_arch = DenseArch(schema.num_dense, cfg.embedding_dim) if schema.num_dense else None
     return sparse_arch, dense_arch

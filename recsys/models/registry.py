@@ -62,6 +62,8 @@ def build_member(spec: str, schema: Schema, name: str | None = None) -> Member:
     if cfg.embedding_init not in EMBEDDING_INITS:
         raise SpecError(f"{model}: embedding_init must be one of {', '.join(EMBEDDING_INITS)}, "
                         f"got {cfg.embedding_init!r}")
+    if not cfg.embedding_init_std > 0:
+        raise SpecError(f"{model}: embedding_init_std must be > 0, got {cfg.embedding_init_std}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         member = MODELS[model].builder(cfg, schema, name)
