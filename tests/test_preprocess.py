@@ -341,6 +341,59 @@ def test_native_scanner_reports_bad_rows_at_the_same_lines(tmp_path: Path) -> No
         np.testing.assert_array_equal(s.keys[:, s.good], row_keys)
 
 
+def _assert_engines_agree(data: bytes) -> None:
+    from recsys.data.preprocess import Task, parse_chunk, scan_chunk
+    from recsys.data.raw_formats import CRITEO
+
+    task = Task(0, 0, "f.tsv", 0, len(data), data, -1, True)
+    for numeric in ("discretize", "dense"):
+        a = parse_chunk(CRITEO, data, task, (0.8, 0.1, 0.1), 5, numeric)
+        s = scan_chunk(data, task, (0.8, 0.1, 0.1), 5, numeric)
+        assert (s.n_lines, s.n_rows, s.bad_count, s.bad_examples) == (a.n_lines, a.n_rows, a.bad_count,
+                                                                      a.bad_examples)
+        for x, y in ((s.labels, a.labels), (s.dense, a.dense), (s.split, a.split)):
+            np.testing.assert_array_equal(x, y)
+        row_keys = np.stack([a.keys[f][a.indices[f]] for f in range(len(a.keys))])
+        np.testing.assert_array_equal(s.keys[:, s.good], row_keys)
+
+
+def test_engines_agree_on_spaces_and_words_in_numbers(tmp_path: Path) -> None:
+    """Spaces around a number are ignored (arrow's CSV reader ignores them); inf, nan, 1_0 and
+    a field of only spaces are bad in both engines, in the label column too."""
+    src = tmp_path / "base.tsv"
+    write_criteo(src, 20, seed=4)
+    base = src.read_text().splitlines()[0].split("\t")
+    rows = []
+    for v in [" 4", "4 ", " -2 ", "  ", "nan", "inf", "1_0", " 1e3 ", "+ 4", "4 .5"]:
+        for col in (0, 3):
+            f = list(base)
+            f[col] = v if col else v.replace("4", "1")
+            rows.append("\t".join(f))
+    _assert_engines_agree(("\n".join(rows) + "\n").encode())
+
+
+def test_engines_agree_on_randomly_damaged_rows(tmp_path: Path) -> None:
+    """Seeded random edits (deleted bytes, inserted tabs, newlines, digits, spaces, letters)
+    to real-layout rows: both parsers accept, reject and key the same rows."""
+    src = tmp_path / "base.tsv"
+    write_criteo(src, 200, seed=2)
+    base = src.read_bytes().splitlines()
+    alphabet = b"\t\n0123456789.-+eE abcdefxnif_"
+    for it in range(40):
+        rng = np.random.default_rng(it)
+        lines = [bytearray(base[i]) for i in rng.integers(0, len(base), 30)]
+        for ln in lines[:15]:
+            for _ in range(rng.integers(1, 4)):
+                op, pos = rng.integers(0, 3), int(rng.integers(0, len(ln) + 1))
+                if op == 0 and len(ln):
+                    del ln[min(pos, len(ln) - 1)]
+                elif op == 1:
+                    ln[pos:pos] = bytes([alphabet[rng.integers(0, len(alphabet))]])
+                else:
+                    ln[pos:pos] = b"9" * int(rng.integers(1, 25))
+        _assert_engines_agree(b"\n".join(bytes(x) for x in lines) + b"\n")
+
+
 def test_native_kernels_against_numpy() -> None:
     from recsys.data import fast_parse as fp
 

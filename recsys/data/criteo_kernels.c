@@ -44,13 +44,18 @@ static inline uint64_t mix64(uint64_t x) {
 static const double POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
                                  1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
-/* buf[s:e) as a number: [+-]? digits [. digits] [(e|E) [+-]? digits], at least one digit.
- * Up to 19 significant digits and |exp10| <= 22: one correctly rounded operation (= strtod). */
+/* buf[s:e) as a number: [+-]? digits [. digits] [(e|E) [+-]? digits], at least one digit,
+ * with surrounding ASCII spaces ignored (as pyarrow's CSV reader ignores them; a field of
+ * only spaces is not a number).  Up to 19 significant digits and |exp10| <= 22: one
+ * correctly rounded operation (= strtod). */
 static int parse_number(const uint8_t *buf, int64_t s, int64_t e, double *out) {
     if (s == e) {
         *out = 0.0;
         return EMPTY;
     }
+    while (s < e && buf[s] == ' ') s++;
+    while (e > s && buf[e - 1] == ' ') e--;
+    if (s == e) return NOT_A_NUMBER;
     int64_t i = s;
     int neg = 0;
     if (buf[i] == '-' || buf[i] == '+') {

@@ -18,8 +18,9 @@ Rows that are malformed get a status code instead of an exception, so Python
 only looks at the (rare) bad rows, to report them as ``file:line``.
 
 Number grammar (what counts as numeric): ``[+-]? digits [. digits] [(e|E) [+-]? digits]``
-with at least one digit, e.g. ``-2``, ``260.0``, ``1e3``, ``.5``.  Anything else
-(``abc``, ``inf``, ``nan``, surrounding spaces) is a non-numeric value.  Values
+with at least one digit, e.g. ``-2``, ``260.0``, ``1e3``, ``.5``; ASCII spaces around
+it are ignored, as pyarrow's CSV reader ignores them.  Anything else (``abc``, ``inf``,
+``nan``, ``1_000``, a field of only spaces) is a non-numeric value.  Values
 with at most 19 significant digits and a decimal exponent within +-22 are parsed
 exactly (one correctly rounded IEEE operation, equal to ``strtod``); longer ones
 are within an ulp.

@@ -19,6 +19,7 @@ Kinds:
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,12 +88,20 @@ def int_keys(values: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- numeric parsing
 
 
+# what counts as a number, in both engines: [+-]? digits [. digits] [(e|E) [+-]? digits], at least
+# one digit (recsys/data/criteo_kernels.c parse_number); no inf/nan, no underscores
+NUMBER = re.compile(rb"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def parse_numbers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Parses a column's distinct values. Returns (value float64, is_empty, is_bad).
 
     ``260.0`` parses as 260.  Non-finite or non-numeric text is bad.  The fast path
     is one arrow cast; only when it fails (some bad value in the chunk) do we fall
-    back to Python ``float`` over the distinct values.
+    back to Python ``float`` over the distinct values, for those that match
+    ``NUMBER`` (the C scanner's grammar) once surrounding spaces are stripped, as
+    arrow's CSV reader strips them: Python's ``float`` alone would also take
+    ``"1_000"``, ``"infinity"`` or a tab, and the two engines would disagree.
     """
     n = len(arr)
     lengths = pc.binary_length(arr).to_numpy(zero_copy_only=False)
@@ -108,9 +117,9 @@ def parse_numbers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         values[nonempty] = parsed
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         for i, raw in zip(nonempty, sub.to_pylist()):
-            try:
-                values[i] = float(raw.decode("ascii").strip())
-            except (UnicodeDecodeError, ValueError):
+            if NUMBER.fullmatch(raw.strip(b" ")):  # spaces around a number: as the typed read above
+                values[i] = float(raw)
+            else:
                 bad[i] = True
     bad |= ~np.isfinite(values)
     values[bad] = 0.0
