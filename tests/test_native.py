@@ -36,6 +36,13 @@ def test_library_name_follows_the_source(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert native.library_name() != first
 
 
+def test_unloadable_library_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSYS_BUILD_DIR", str(tmp_path))
+    (tmp_path / native.library_name()).write_bytes(b"not a shared library")
+    with pytest.raises(native.NativeUnavailable, match="cannot load .*delete it to rebuild"):
+        native.load()
+
+
 def test_no_compiler_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECSYS_BUILD_DIR", str(tmp_path / "empty"))
     monkeypatch.setattr(native, "compiler", lambda: None)

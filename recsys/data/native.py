@@ -85,7 +85,11 @@ def build(force: bool = False) -> Path:
 
 def load() -> ctypes.CDLL:
     """The kernels library with its argument types declared (ctypes then checks every call)."""
-    lib = ctypes.CDLL(str(build()))
+    path = build()
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:  # e.g. a build directory shared with a machine of another architecture
+        raise NativeUnavailable(f"cannot load {path}: {e}; delete it to rebuild") from None
     p, i64, i32, u64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_uint64
     signatures = {
         "rc_count_newlines": (i64, [p, i64]),
