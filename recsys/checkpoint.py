@@ -200,3 +200,33 @@ class GroupCheckpointer:
             return None
         self.load(int(best["step"]), model, None)
         return int(best["step"])
+
+
+class CheckpointMissing(RuntimeError):
+    """A group directory without any complete checkpoint; the message names it."""
+
+
+def load_trained_group(cfg: Any, k: int, checkpoint_root: str | Path, which: str = "best") -> tuple[nn.Module, int]:
+    """Group ``k`` of the experiment ``cfg`` (an ``ExperimentConfig``) with the weights of its best
+    (early stopping's) or latest checkpoint, unsharded, on CPU: ``(EnsembleGroup, step)``.
+
+    DCP reshards whatever layout training saved into the plain module; used by
+    ``python -m recsys.evaluate`` and by ``recsys.serve``.
+
+    Example::
+
+        group, step = load_trained_group(load_config("configs/demo.toml"), 0, "checkpoints/demo")
+    """
+    from recsys.ensemble import GroupTrain, build_group
+
+    model = GroupTrain(build_group(cfg.members, cfg.member_names, cfg.groups[k], cfg.schema()))
+    ckpt = GroupCheckpointer(Path(checkpoint_root) / f"group{k}", None, group_rank=0)
+    steps = ckpt.complete_steps()
+    if not steps:
+        raise CheckpointMissing(f"{Path(checkpoint_root) / f'group{k}'}: no complete checkpoint (step-*/state.json)")
+    step = ckpt.load_best(model) if which == "best" else None
+    if step is None:
+        step = steps[-1]
+        ckpt.load(step, model, None)
+    return model.group, step
+

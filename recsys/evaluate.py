@@ -650,13 +650,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    from recsys.checkpoint import GroupCheckpointer
+    from recsys.checkpoint import CheckpointMissing, load_trained_group
     from recsys.config import load_config
-    from recsys.ensemble import build_group
 
     # load_config checks the splits and that a requested cuda device exists (one-line errors).
     cfg = load_config(args.config, list(args.set) + ([f"device={args.device}"] if args.device else []))
-    schema = cfg.schema()
+    cfg.schema()  # a bad data dir fails here, in one line, before any checkpoint is read
     device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     names = cfg.member_names
@@ -666,17 +665,12 @@ def _run_cli(args: argparse.Namespace) -> int:
     labels: torch.Tensor | None = None
     t_forward = 0.0
     for k, idx in enumerate(cfg.groups):
-        model = GroupTrain(build_group(cfg.members, names, idx, schema))
-        ckpt = GroupCheckpointer(ckpt_root / f"group{k}", None, group_rank=0)
-        steps = ckpt.complete_steps()
-        if not steps:
-            print(f"error: {ckpt_root / f'group{k}'}: no complete checkpoint (step-*/state.json)", file=sys.stderr)
+        try:
+            group, step = load_trained_group(cfg, k, ckpt_root, args.which)
+        except CheckpointMissing as e:
+            print(f"error: {e}", file=sys.stderr)
             return 2
-        step = ckpt.load_best(model) if args.which == "best" else None
-        if step is None:
-            step = steps[-1]
-            ckpt.load(step, model, None)
-        model.to(device)
+        model = GroupTrain(group).to(device)
         res = evaluate_split(model, cfg.data_source(), args.split, batch_size, columns=list(range(len(idx))),
                              num_members=len(idx), device=device, progress=True)
         assert res.member_logits is not None and res.labels is not None

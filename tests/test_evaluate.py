@@ -315,6 +315,20 @@ def _save_checkpoints(rank: int, world: int, ckpt_root: str, specs: list, groups
             5, model, opt, TrainState(step=5, best_auc=0.6, best_step=5), {}, is_best=True)
 
 
+def _checkpointed_logits(schema, batch, specs: list, groups: list) -> torch.Tensor:
+    """[N, M] logits of the members with the weights ``_save_checkpoints`` gave them."""
+    names = member_names(specs)
+    out = []
+    for j in range(len(specs)):
+        k = next(k for k, idx in enumerate(groups) if j in idx)
+        m = build_group(specs, names, [j], schema).eval()
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.01 * (k + 1))
+            out.append(m(batch.dense_features, batch.sparse_features)[:, 0])
+    return torch.stack(out, 1)
+
+
 def test_cli_evaluates_saved_checkpoints(tmp_path, capsys):
     from recsys import evaluate
 
@@ -332,15 +346,7 @@ def test_cli_evaluates_saved_checkpoints(tmp_path, capsys):
     assert (tmp_path / "out" / "test_auc_vs_m.png").is_file()
     # The reported AUCs are those of the checkpointed (shifted) weights, not of the seeded init.
     names = member_names(SPECS)
-    want = []
-    for j in range(3):
-        k = 0 if j in groups[0] else 1
-        m = build_group(SPECS, names, [j], schema).eval()
-        with torch.no_grad():
-            for p in m.parameters():
-                p.add_(0.01 * (k + 1))
-            want.append(m(batch.dense_features, batch.sparse_features)[:, 0])
-    rep = score(torch.stack(want, 1), batch.labels, names, groups)
+    rep = score(_checkpointed_logits(schema, batch, SPECS, groups), batch.labels, names, groups)
     assert [m["auc"] for m in d["members"]] == pytest.approx([m.auc for m in rep.members], abs=1e-9)
     assert d["ensemble"]["logloss"] == pytest.approx(rep.ensemble.logloss, rel=1e-5)
     # Missing checkpoints: one-line error, exit code 2.
