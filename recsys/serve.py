@@ -84,8 +84,9 @@ class EnsembleServer:
     """Answers ``predict(dense, ids)`` with the merged probability and every member's logit.
 
     ``mode="fanout"`` starts one worker process per member (spawned: each imports torch and
-    loads its member, ~5 s); ``mode="inline"`` keeps all members in this process.
-    ``members`` (config indices) serves a subset, e.g. the first m for the AUC-vs-m curve.
+    loads its member, ~5 s); ``mode="inline"`` keeps all members in this process and sets
+    its torch threads to ``threads_per_member``.  ``members`` (config indices) serves a
+    subset, e.g. the first m for the AUC-vs-m curve.
     """
 
     def __init__(
@@ -140,13 +141,14 @@ class EnsembleServer:
                              f"(exit code {self._procs[j].exitcode})") from None
 
     def _check(self, dense: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        dense = np.ascontiguousarray(dense, dtype=np.float32).reshape(len(ids), -1) if self.num_dense else \
-            np.zeros((len(ids), 0), np.float32)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if ids.ndim != 2 or ids.shape[1] != len(self.sparse_names):
             raise ServeError(f"ids must be [B, {len(self.sparse_names)}] (one id per sparse field), got {ids.shape}")
-        if dense.shape[1] != self.num_dense:
-            raise ServeError(f"dense must be [B, {self.num_dense}], got {dense.shape}")
+        dense = np.ascontiguousarray(dense, dtype=np.float32)
+        if self.num_dense == 0 and dense.size == 0:
+            dense = np.zeros((len(ids), 0), np.float32)
+        if dense.shape != (len(ids), self.num_dense):
+            raise ServeError(f"dense must be [B, {self.num_dense}] with B = {len(ids)} as in ids, got {dense.shape}")
         bad = (ids < 0) | (ids >= self.vocab_sizes)
         if bad.any():
             r, f = map(int, np.argwhere(bad)[0])

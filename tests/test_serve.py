@@ -66,6 +66,8 @@ def test_bad_requests_are_one_line_errors(trained) -> None:  # type: ignore[no-u
             server.predict(dense, ids[:, :2])
         with pytest.raises(ServeError, match=r"dense must be \[B, 1\]"):
             server.predict(np.zeros((len(ids), 2), np.float32), ids)
+        with pytest.raises(ServeError, match=r"dense must be \[B, 1\] with B = 15"):  # rows disagree
+            server.predict(dense, ids[:15])
         bad = ids.copy()
         bad[4, 1] = 10_000
         with pytest.raises(ServeError, match="row 4: id 10000 of .* is outside its table"):
