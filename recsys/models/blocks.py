@@ -89,7 +89,7 @@ def make_ebc(
     embedding_dim: int,
     device: torch.device | None = None,
     num_sets: int | None = None,
-    init: str = "normal",
+    init: str = "xavier",  # as MemberConfig.embedding_init; "normal" draws N(0, init_std^2)
     init_std: float = 1e-4,
 ) -> EmbeddingBagCollection:
     """The member's own EBC: one table per field, named ``<member>__<field>``.
