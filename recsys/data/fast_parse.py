@@ -125,7 +125,8 @@ def _scan(buf: np.ndarray, dense_mode: bool, cap: int):  # type: ignore[no-untyp
 def _field_rows(keys: np.ndarray) -> tuple[np.ndarray, int]:
     """(array whose rows are the fields, stride between fields in elements): accepts the
     ``keys[:, :r]`` views ``scan_criteo`` returns without copying them."""
-    if keys.dtype != np.uint64 or keys.ndim != 2 or keys.strides[1] != 8 or keys.strides[0] % 8 or keys.strides[0] < 0:
+    if (keys.dtype != np.uint64 or keys.ndim != 2 or keys.strides[1] != 8
+            or keys.strides[0] % 8 or keys.strides[0] < 0):
         keys = np.ascontiguousarray(keys, dtype=np.uint64).reshape(keys.shape[0], -1)
     return keys, keys.strides[0] // 8 if keys.shape[0] > 1 else keys.shape[1]
 
