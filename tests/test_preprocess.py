@@ -317,35 +317,25 @@ def test_native_engine_matches_arrow_engine(tmp_path: Path, mode: str) -> None:
 
 
 def test_native_scanner_reports_bad_rows_at_the_same_lines(tmp_path: Path) -> None:
-    from recsys.data.preprocess import Task, parse_chunk, scan_chunk
-    from recsys.data.raw_formats import CRITEO
-
     data = _edge_criteo_text(tmp_path).encode()
-    task = Task(0, 0, "edge.tsv", 0, len(data), data, -1, True)
-    for numeric in ("discretize", "dense"):
-        a = parse_chunk(CRITEO, data, task, (0.8, 0.1, 0.1), 5, numeric)
-        s = scan_chunk(data, task, (0.8, 0.1, 0.1), 5, numeric)
-        assert (s.n_lines, s.n_rows, s.bad_count) == (a.n_lines, a.n_rows, a.bad_count) == (
-            data.count(b"\n"), 1500 + 44 + 6, 6)
-        assert s.bad_examples == a.bad_examples
+    for s in _assert_engines_agree(data):  # discretize, dense
+        assert (s.n_lines, s.n_rows, s.bad_count) == (data.count(b"\n"), 1500 + 44 + 6, 6)
         lines = [line for line, _ in s.bad_examples]
         # 700 rows, 45 edge lines (one empty), 3 bad, 800 rows, 3 bad
         assert lines == [746, 747, 748, 1549, 1550]
         assert "expected 40 columns, got 20" in s.bad_examples[0][1]
         assert s.bad_examples[2][1] == "non-numeric I3 value"
         assert s.bad_examples[3][1] == "bad label (label) value"
-        np.testing.assert_array_equal(s.split, a.split)
-        np.testing.assert_array_equal(s.labels, a.labels)
-        np.testing.assert_array_equal(s.dense, a.dense)
-        row_keys = np.stack([a.keys[f][a.indices[f]] for f in range(len(a.keys))])
-        np.testing.assert_array_equal(s.keys[:, s.good], row_keys)
 
 
-def _assert_engines_agree(data: bytes) -> None:
+def _assert_engines_agree(data: bytes) -> list:
+    """Both parsers on one chunk, both numeric modes: same rows, bad-row reports, labels, dense,
+    splits and keys.  Returns the C scanner's results (discretize, dense)."""
     from recsys.data.preprocess import Task, parse_chunk, scan_chunk
     from recsys.data.raw_formats import CRITEO
 
     task = Task(0, 0, "f.tsv", 0, len(data), data, -1, True)
+    scanned = []
     for numeric in ("discretize", "dense"):
         a = parse_chunk(CRITEO, data, task, (0.8, 0.1, 0.1), 5, numeric)
         s = scan_chunk(data, task, (0.8, 0.1, 0.1), 5, numeric)
@@ -355,6 +345,8 @@ def _assert_engines_agree(data: bytes) -> None:
             np.testing.assert_array_equal(x, y)
         row_keys = np.stack([a.keys[f][a.indices[f]] for f in range(len(a.keys))])
         np.testing.assert_array_equal(s.keys[:, s.good], row_keys)
+        scanned.append(s)
+    return scanned
 
 
 def test_engines_agree_on_spaces_and_words_in_numbers(tmp_path: Path) -> None:

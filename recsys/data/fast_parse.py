@@ -100,12 +100,7 @@ def scan_criteo(buf: np.ndarray, dense_mode: bool):  # type: ignore[no-untyped-d
     # size (a valid row has >= 40 bytes) made the arrays several times larger than needed: beyond
     # glibc's 64 MB per-thread heaps they are mmap'ed fresh for every chunk, and the page
     # faults cost more system CPU (+0.4 s per 1M rows with 2 threads) than the count saves.
-    res = _scan(buf, dense_mode, int(_lib().rc_count_newlines(_ptr(buf), buf.size)) + 1)  # rows <= newlines + 1
-    assert res is not None
-    return res
-
-
-def _scan(buf: np.ndarray, dense_mode: bool, cap: int):  # type: ignore[no-untyped-def]
+    cap = int(_lib().rc_count_newlines(_ptr(buf), buf.size)) + 1  # rows <= newlines + 1
     num_fields = _NUM_CAT if dense_mode else _NUM_INT + _NUM_CAT
     keys = np.empty((num_fields, cap), dtype=np.uint64)  # [F, rows]: field-major
     dense = np.empty((cap, _NUM_INT if dense_mode else 0), dtype=np.float32)
@@ -115,10 +110,10 @@ def _scan(buf: np.ndarray, dense_mode: bool, cap: int):  # type: ignore[no-untyp
     lines = np.empty(cap, dtype=np.int64)
     newlines = ctypes.c_int64(0)
     r = int(_lib().rc_scan_criteo(_ptr(buf), buf.size, int(dense_mode), cap, _ptr(_POWS_P), _ptr(_KEY_TABLE),
-                               _ptr(_LOG_TABLE), int(TAG_NUM), int(EMPTY_KEY), _ptr(keys), _ptr(dense), _ptr(labels),
-                               _ptr(status), _ptr(aux), _ptr(lines), ctypes.byref(newlines)))
-    if r < 0:
-        return None
+                                  _ptr(_LOG_TABLE), int(TAG_NUM), int(EMPTY_KEY), _ptr(keys), _ptr(dense),
+                                  _ptr(labels), _ptr(status), _ptr(aux), _ptr(lines), ctypes.byref(newlines)))
+    if r < 0:  # the kernel's guard against writing past cap; unreachable with cap = newlines + 1
+        raise RuntimeError("scan_criteo: more rows than newlines + 1")
     return keys[:, :r], dense[:r], labels[:r], status[:r], aux[:r], lines[:r], int(newlines.value)
 
 

@@ -663,7 +663,7 @@ _VOCAB_MEMO: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
 _TABLE_MEMO: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # native: fast_parse.build_vocab_tables
 
 
-_MEMO_LOCK = threading.Lock()  # thread workers (native engine) share the memos: build once
+_MEMO_LOCK = threading.RLock()  # thread workers (native engine) share the memos: build once
 
 
 def _vocab_tables(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -672,22 +672,18 @@ def _vocab_tables(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             from recsys.data.fast_parse import build_vocab_tables
 
             _TABLE_MEMO.clear()
-            _TABLE_MEMO[path] = build_vocab_tables(_load_vocab_locked(path))
+            _TABLE_MEMO[path] = build_vocab_tables(_load_vocab(path))
         return _TABLE_MEMO[path]
 
 
 def _load_vocab(path: str) -> list[tuple[np.ndarray, np.ndarray]]:
     with _MEMO_LOCK:
-        return _load_vocab_locked(path)
-
-
-def _load_vocab_locked(path: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    if path not in _VOCAB_MEMO:
-        with np.load(path) as z:
-            nf = len(z.files) // 2
-            _VOCAB_MEMO.clear()
-            _VOCAB_MEMO[path] = [(z[f"keys{f}"], z[f"ids{f}"]) for f in range(nf)]
-    return _VOCAB_MEMO[path]
+        if path not in _VOCAB_MEMO:
+            with np.load(path) as z:
+                nf = len(z.files) // 2
+                _VOCAB_MEMO.clear()
+                _VOCAB_MEMO[path] = [(z[f"keys{f}"], z[f"ids{f}"]) for f in range(nf)]
+        return _VOCAB_MEMO[path]
 
 
 def lookup(vocab_keys: np.ndarray, vocab_ids: np.ndarray, keys: np.ndarray) -> np.ndarray:
