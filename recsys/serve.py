@@ -43,19 +43,29 @@ class ServeError(RuntimeError):
     """A checkpoint, request or worker problem, with a one-line message."""
 
 
-def load_trained_member(cfg: ExperimentConfig, j: int, checkpoint_root: str | Path, which: str = "best") -> Member:
-    """Member ``j`` (config order) with its group's checkpointed weights."""
-    k = next(k for k, idx in enumerate(cfg.groups) if j in idx)
-    group, _ = load_trained_group(cfg, k, checkpoint_root, which)
-    member = group.members[cfg.member_names[j]]
-    assert isinstance(member, Member)
-    return member.eval()
+def load_trained_members(
+    cfg: ExperimentConfig, indices: Sequence[int], checkpoint_root: str | Path, which: str = "best"
+) -> list[Member]:
+    """Members ``indices`` (config order) with their groups' checkpointed weights; each group's
+    checkpoint is read once, however many of its members are asked for."""
+    groups: dict[int, Any] = {}
+    members = []
+    for j in indices:
+        k = next(k for k, idx in enumerate(cfg.groups) if j in idx)
+        if k not in groups:
+            groups[k] = load_trained_group(cfg, k, checkpoint_root, which)[0]
+        member = groups[k].members[cfg.member_names[j]]
+        assert isinstance(member, Member)
+        members.append(member.eval())
+    return members
 
 
-def _forward(member: Member, dense: np.ndarray, ids: np.ndarray, names: Sequence[str]) -> np.ndarray:
+def _forward(members: Sequence[Member], dense: np.ndarray, ids: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """Logits [B, len(members)]; the request's KJT is built once for all of them."""
     with torch.inference_mode():
         kjt = kjt_from_ids(torch.from_numpy(ids), list(names))
-        return member(torch.from_numpy(dense), kjt).numpy()  # [B]
+        dense_t = torch.from_numpy(dense)
+        return torch.stack([m(dense_t, kjt) for m in members], dim=1).numpy()
 
 
 def _worker(conn: Connection, config: str, overrides: list[str], checkpoint: str, which: str, j: int,
@@ -64,7 +74,7 @@ def _worker(conn: Connection, config: str, overrides: list[str], checkpoint: str
     torch.set_num_threads(threads)
     try:
         cfg = load_config(config, overrides)
-        member = load_trained_member(cfg, j, checkpoint, which)
+        members = load_trained_members(cfg, [j], checkpoint, which)
         names = cfg.schema().sparse_names
         conn.send(("ready", cfg.member_names[j]))
     except Exception as e:  # reported by the server as one line
@@ -75,7 +85,7 @@ def _worker(conn: Connection, config: str, overrides: list[str], checkpoint: str
         if msg is None:
             return
         try:
-            conn.send(("ok", _forward(member, msg[0], msg[1], names)))
+            conn.send(("ok", _forward(members, msg[0], msg[1], names)[:, 0]))
         except Exception as e:
             conn.send(("error", f"{type(e).__name__}: {' '.join(str(e).split())}"))
 
@@ -112,7 +122,7 @@ class EnsembleServer:
         self._members: list[Member] = []
         if mode == "inline":
             torch.set_num_threads(threads_per_member)
-            self._members = [load_trained_member(self.cfg, j, checkpoint, which) for j in self.members]
+            self._members = load_trained_members(self.cfg, self.members, checkpoint, which)
             return
         ctx = mp.get_context("spawn")  # fork would copy this process's torch threads and state
         try:
@@ -160,7 +170,7 @@ class EnsembleServer:
         """``(probability [B], member logits [B, M])`` for B rows; merged = sigmoid(mean logit)."""
         dense, ids = self._check(dense, ids)
         if self.mode == "inline":
-            cols = [_forward(m, dense, ids, self.sparse_names) for m in self._members]
+            logits = _forward(self._members, dense, ids, self.sparse_names)  # [B, M]
         else:
             for conn in self._conns:  # every member starts before any answer is awaited
                 conn.send((dense, ids))
@@ -170,7 +180,7 @@ class EnsembleServer:
                 if status != "ok":
                     raise ServeError(f"member {self.names[j]}: {out}")
                 cols.append(out)
-        logits = np.stack(cols, axis=1)  # [B, M]
+            logits = np.stack(cols, axis=1)  # [B, M]
         return 1.0 / (1.0 + np.exp(-logits.mean(axis=1))), logits
 
     def close(self) -> None:
