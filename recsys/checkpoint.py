@@ -35,6 +35,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 
+from recsys.errors import UserError
+
 
 @dataclass
 class TrainState:
@@ -202,7 +204,7 @@ class GroupCheckpointer:
         return int(best["step"])
 
 
-class CheckpointMissing(RuntimeError):
+class CheckpointMissing(UserError, RuntimeError):
     """A group directory without any complete checkpoint; the message names it."""
 
 

@@ -55,9 +55,10 @@ from recsys.distributed import EMBEDDING_OPTIMIZERS as _SHARDED_OPTIMIZERS
 from recsys.distributed import SHARDING_TYPES as _SHARDING_TYPES
 from recsys.models.registry import MODELS
 from recsys.models.spec import SpecError, parse_spec
+from recsys.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file that cannot be run; the message is one line naming the file and the bad value."""
 
 

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 from torchrec.distributed import comm_ops
 
+from recsys.errors import UserError
 
-class GradientScalingError(RuntimeError):
+
+class GradientScalingError(UserError, RuntimeError):
     """The sharded embedding backward would not average over the group's ranks."""
 
 

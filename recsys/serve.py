@@ -37,9 +37,10 @@ from recsys.checkpoint import CheckpointMissing, load_trained_group
 from recsys.config import ExperimentConfig, load_config
 from recsys.data.batch import kjt_from_ids
 from recsys.models.member import Member
+from recsys.errors import UserError
 
 
-class ServeError(RuntimeError):
+class ServeError(UserError, RuntimeError):
     """A checkpoint, request or worker problem, with a one-line message."""
 
 

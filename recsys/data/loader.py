@@ -108,11 +108,12 @@ from torchrec.datasets.utils import Batch
 
 from recsys.data.batch import batch_from_arrays
 from recsys.data.schema import META_FILE, Schema, SchemaError
+from recsys.errors import UserError
 
 STATE_VERSION = 1
 
 
-class LoaderError(ValueError):
+class LoaderError(UserError, ValueError):
     """A missing or inconsistent data file, or bad loader arguments; one line."""
 
 

@@ -73,13 +73,14 @@ from recsys.data.raw_formats import (
     transform_column_arity,
 )
 from recsys.data.schema import META_FILE, Schema, SparseFeature
+from recsys.errors import UserError
 
 SPLITS = ("train", "val", "test")
 CRITEO_NAMES = FORMATS["criteo"].column_names  # label, I1..I13, C1..C26
 MAX_REPORTED = 5  # malformed rows printed with file:line
 
 
-class InputError(Exception):
+class InputError(UserError):
     """A problem with the user's input (missing/empty/wrong-dataset file, too many bad rows).
 
     Carries the exit code; the CLI prints ``str(e)`` as one line, never a traceback.

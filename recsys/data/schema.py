@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recsys.errors import UserError
+
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
 
 
-class SchemaError(ValueError):
+class SchemaError(UserError, ValueError):
     """A meta.json that is missing, unreadable or inconsistent."""
 
 

@@ -12,8 +12,10 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from recsys.errors import UserError
 
-class SpecError(ValueError):
+
+class SpecError(UserError, ValueError):
     """A member spec that names an unknown model or key, or a bad value."""
 
 
