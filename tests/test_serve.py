@@ -2,6 +2,7 @@
 their merge equals the offline ensemble; bad requests and missing checkpoints are one-line errors."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,15 @@ from tests.dist_harness import run_ranks
 from tests.test_evaluate import SPECS, _checkpointed_logits, _save_checkpoints, _write_split
 
 GROUPS = [[0, 2], [1]]
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether ``pid`` is a running (not reaped) process."""
+    try:
+        os.kill(pid, 0)  # type: ignore[arg-type]
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +59,12 @@ def test_inline_answers_are_the_checkpointed_ensemble(trained) -> None:  # type:
 def test_fanout_equals_inline_and_reports_worker_errors(trained) -> None:  # type: ignore[no-untyped-def]
     cfg, ckpt, dense, ids, logits = trained
     with EnsembleServer(cfg, ckpt, mode="fanout") as server:
-        assert len(server._procs) == 3 and all(p.is_alive() for p in server._procs)
+        pids = server.worker_pids()
+        assert len(set(pids)) == 3 and all(_alive(pid) for pid in pids)
+        assert server.member_states() == {"m0_fnn": "ready", "m1_fnn": "ready", "m2_fnn": "ready"}
         prob, member_logits = server.predict(dense, ids)
         np.testing.assert_allclose(member_logits, logits, rtol=1e-5, atol=1e-6)
-        procs = list(server._procs)
-    assert not any(p.is_alive() for p in procs)  # close() stopped the workers
+    assert not any(_alive(pid) for pid in pids)  # close() stopped (and reaped) the workers
     # a member whose group has no checkpoint: the worker's error, in one line, at start-up
     with pytest.raises(ServeError, match="member m1_fnn: CheckpointMissing: .*group1: no complete checkpoint"):
         EnsembleServer(cfg, ckpt.parent / "nothing_here", mode="fanout", members=[1])
