@@ -15,6 +15,14 @@ the group's rank 0 renames it to ``step-N``.  A directory named ``step-N`` is
 therefore always complete, and a run killed mid-write leaves only a ``.tmp-``
 directory that the next save removes.
 
+Verification: before the rename, rank 0 writes ``manifest.json`` with every file's size and
+the sha256 of the small files (``.metadata``, ``state.json``, ``rank*.pt``; the DCP shards,
+which can be gigabytes, get their size only).  Every load verifies it first, so a truncated
+or missing file (disk full, a copy cut short, a bad sector that shortens a file) is named in
+one line instead of failing deep inside DCP or ``torch.load``; ``load_latest`` then falls back
+to the newest intact checkpoint and says so.  A flipped bit inside a large shard is not
+detected (DCP keeps no checksums of its own).
+
 Example::
 
     ckpt = GroupCheckpointer(Path("checkpoints/demo/group0"), pg, group_rank=0)
@@ -24,10 +32,11 @@ Example::
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -35,7 +44,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 
-from recsys.errors import UserError
+from recsys.errors import UserError, one_line
 
 
 @dataclass
@@ -100,6 +109,67 @@ def _step_dir(step: int) -> str:
     return f"step-{step:08d}"
 
 
+MANIFEST = "manifest.json"
+HASHED_MAX_BYTES = 16 << 20  # files up to this size get a sha256 in the manifest; larger ones their size
+
+
+class CheckpointCorrupt(UserError, RuntimeError):
+    """A checkpoint whose files do not match its manifest, or that cannot be read; names the file."""
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """Records every file's size (and a sha256 of the small ones) in ``directory/manifest.json``."""
+    files: dict[str, dict[str, Any]] = {}
+    for p in sorted(directory.iterdir()):
+        if p.is_file() and p.name != MANIFEST:
+            size = p.stat().st_size
+            entry: dict[str, Any] = {"size": size}
+            if size <= HASHED_MAX_BYTES:
+                entry["sha256"] = _sha256(p)
+            files[p.name] = entry
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"version": 1, "files": files}, indent=1))
+    tmp.replace(directory / MANIFEST)
+
+
+def verify_checkpoint(directory: Path) -> None:
+    """Raises ``CheckpointCorrupt`` naming the first file that is missing, short, long or altered.
+
+    A checkpoint written before manifests existed (none there) is checked for a readable
+    ``state.json`` only.
+    """
+    mpath = directory / MANIFEST
+    if not mpath.is_file():
+        try:
+            json.loads((directory / "state.json").read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointCorrupt(f"{directory / 'state.json'}: unreadable ({one_line(e)})") from None
+        return
+    try:
+        files = json.loads(mpath.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointCorrupt(f"{mpath}: unreadable manifest ({one_line(e)})") from None
+    for name, entry in files.items():
+        p = directory / name
+        if not p.is_file():
+            raise CheckpointCorrupt(f"{p}: missing (listed in {MANIFEST})")
+        size = p.stat().st_size
+        if size != entry["size"]:
+            raise CheckpointCorrupt(f"{p}: {size} bytes, {entry['size']} when saved (truncated or overwritten)")
+        if "sha256" in entry and _sha256(p) != entry["sha256"]:
+            raise CheckpointCorrupt(f"{p}: content differs from when it was saved (sha256 mismatch)")
+
+
 class GroupCheckpointer:
     """Saves/loads one group's sharded model + optimizer with DCP over the group's process group."""
 
@@ -123,7 +193,14 @@ class GroupCheckpointer:
 
     def best(self) -> dict[str, Any] | None:
         p = self.dir / "best.json"
-        return json.loads(p.read_text()) if p.is_file() else None
+        if not p.is_file():
+            return None
+        try:
+            best = json.loads(p.read_text())
+            int(best["step"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointCorrupt(f"{p}: unreadable ({one_line(e)})") from None
+        return best
 
     def save(
         self,
@@ -154,6 +231,7 @@ class GroupCheckpointer:
         self._barrier()
         if self.group_rank == 0:
             (tmp / "state.json").write_text(json.dumps(state.to_json(), indent=1))
+            write_manifest(tmp)
             tmp.rename(final)
             if is_best:
                 best_tmp = self.dir / "best.json.tmp"
@@ -173,35 +251,105 @@ class GroupCheckpointer:
                 shutil.rmtree(self.dir / _step_dir(s), ignore_errors=True)
 
     def load(self, step: int, model: nn.Module, optimizer: Any | None) -> tuple[TrainState, dict[str, Any]]:
-        """Loads a checkpoint in place (collective); returns its TrainState and this rank's extras."""
+        """Loads a checkpoint in place (collective); returns its TrainState and this rank's extras.
+
+        Verified first (``verify_checkpoint``, the same files on every rank, so all ranks agree);
+        anything unreadable is a ``CheckpointCorrupt`` naming the checkpoint.
+        """
         path = self.dir / _step_dir(step)
+        verify_checkpoint(path)
         if optimizer is not None:
             init_lazy_optimizer_state(optimizer)  # before model.state_dict(): it moves the params
         sd: dict[str, Any] = {"model": model.state_dict()}
         if optimizer is not None:
             sd["optim"] = optimizer.state_dict()
-        dcp.load(sd, checkpoint_id=str(path), process_group=self.pg)
+        try:
+            dcp.load(sd, checkpoint_id=str(path), process_group=self.pg)
+            state = TrainState.from_json(json.loads((path / "state.json").read_text()))
+            extras_path = path / f"rank{self.group_rank}.pt"
+            extras = torch.load(extras_path, weights_only=False) if extras_path.is_file() else {}
+        except (OSError, ValueError, RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError) as e:
+            raise CheckpointCorrupt(f"{path}: cannot be loaded ({type(e).__name__}: {one_line(e)[:300]})") from None
         model.load_state_dict(sd["model"])
         if optimizer is not None:
             optimizer.load_state_dict(sd["optim"])
-        state = TrainState.from_json(json.loads((path / "state.json").read_text()))
-        extras_path = path / f"rank{self.group_rank}.pt"
-        extras = torch.load(extras_path, weights_only=False) if extras_path.is_file() else {}
         return state, extras
 
-    def load_latest(self, model: nn.Module, optimizer: Any) -> tuple[TrainState, dict[str, Any]] | None:
+    def newest_intact(self, log: Callable[[str], None] | None = None) -> int | None:
+        """The newest complete checkpoint that passes ``verify_checkpoint``; each damaged newer
+        one is reported through ``log`` (one line each) and skipped."""
+        for step in reversed(self.complete_steps()):
+            try:
+                verify_checkpoint(self.dir / _step_dir(step))
+            except CheckpointCorrupt as e:
+                if log is not None:
+                    log(f"checkpoint {_step_dir(step)} is damaged, skipping it: {e}")
+                continue
+            return step
+        return None
+
+    def load_latest(
+        self, model: nn.Module, optimizer: Any, log: Callable[[str], None] | None = None
+    ) -> tuple[TrainState, dict[str, Any]] | None:
+        """Resumes from the newest intact checkpoint (None if there is none); see ``newest_intact``."""
         steps = self.complete_steps()
         if not steps:
             return None
-        return self.load(steps[-1], model, optimizer)
+        step = self.newest_intact(log)
+        if step is None:
+            raise CheckpointCorrupt(f"{self.dir}: every checkpoint is damaged ({', '.join(map(_step_dir, steps))})")
+        damaged = [s for s in steps if s > step]
+        if damaged:
+            self._quarantine(damaged)
+        state, extras = self.load(step, model, optimizer)
+        self._repair_best(state, log)
+        return state, extras
+
+    def _quarantine(self, steps: list[int]) -> None:
+        """Renames damaged checkpoints newer than the one resumed from to ``.damaged-step-N``:
+        otherwise pruning would keep them as "newest" and delete the good checkpoints the
+        resumed run writes.  Every rank has verified before the group's rank 0 renames."""
+        self._barrier()
+        if self.group_rank == 0:
+            for s in steps:
+                target = self.dir / f".damaged-{_step_dir(s)}"
+                if target.exists():
+                    shutil.rmtree(target, ignore_errors=True)
+                (self.dir / _step_dir(s)).rename(target)
+        self._barrier()
+
+    def _repair_best(self, state: TrainState, log: Callable[[str], None] | None) -> None:
+        """On resume, ``best.json`` may be unreadable or name a quarantined checkpoint: point it
+        at the best step the resumed state knows (kept, never pruned), or drop it if that is gone
+        too.  Collective over the group."""
+        self._barrier()  # every rank has read best.json (complete_steps) before it may change
+        if self.group_rank == 0:
+            try:
+                best = self.best()
+                broken = best is not None and int(best["step"]) not in self.complete_steps()
+            except CheckpointCorrupt as e:
+                broken = True
+                if log is not None:
+                    log(f"{e}; rewriting it from the resumed state")
+            if broken:
+                if state.best_step in self.complete_steps():
+                    tmp = self.dir / "best.json.tmp"
+                    tmp.write_text(json.dumps({"step": state.best_step, "auc": state.best_auc}))
+                    tmp.replace(self.dir / "best.json")
+                else:
+                    (self.dir / "best.json").unlink()
+        self._barrier()
 
     def load_best(self, model: nn.Module) -> int | None:
         """Restores the best checkpoint's model weights (the reference's early-stopping restore)."""
         best = self.best()
         if best is None:
             return None
-        self.load(int(best["step"]), model, None)
-        return int(best["step"])
+        step = int(best["step"])
+        if not (self.dir / _step_dir(step) / "state.json").is_file():
+            raise CheckpointCorrupt(f"{self.dir / 'best.json'}: names {_step_dir(step)}, which is not there")
+        self.load(step, model, None)
+        return step
 
 
 class CheckpointMissing(UserError, RuntimeError):

@@ -637,20 +637,17 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Single-process evaluation of saved checkpoints (DCP reshards them into unsharded groups)."""
     args = _build_parser().parse_args(argv)
-    from recsys.config import ConfigError
-    from recsys.data.loader import LoaderError
-    from recsys.data.schema import SchemaError
-    from recsys.models.spec import SpecError
+    from recsys.errors import UserError, one_line
 
     try:
         return _run_cli(args)
-    except (ConfigError, SchemaError, LoaderError, SpecError) as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+    except UserError as e:  # config, data, spec, a missing or damaged checkpoint: one line
+        print("error: " + one_line(e), file=sys.stderr)
         return 2
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    from recsys.checkpoint import CheckpointMissing, load_trained_group
+    from recsys.checkpoint import load_trained_group
     from recsys.config import load_config
 
     # load_config checks the splits and that a requested cuda device exists (one-line errors).
@@ -665,11 +662,7 @@ def _run_cli(args: argparse.Namespace) -> int:
     labels: torch.Tensor | None = None
     t_forward = 0.0
     for k, idx in enumerate(cfg.groups):
-        try:
-            group, step = load_trained_group(cfg, k, ckpt_root, args.which)
-        except CheckpointMissing as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        group, step = load_trained_group(cfg, k, ckpt_root, args.which)
         model = GroupTrain(group).to(device)
         res = evaluate_split(model, cfg.data_source(), args.split, batch_size, columns=list(range(len(idx))),
                              num_members=len(idx), device=device, progress=True)

@@ -60,9 +60,23 @@ import torch.distributed as dist
 
 from recsys.config import ConfigError, ExperimentConfig, load_config
 from recsys.ensemble import GroupTrain
+from recsys.errors import UserError, one_line
 
 
 DEFAULT_CONFIG = "configs/demo.toml"
+PREVIOUS_SUFFIX = ".previous"  # runs/<name>.previous, checkpoints/<name>.previous: the run a fresh one replaces
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or inf: the run stops before it can checkpoint NaN weights.
+
+    ``report_here`` is True on the group's leader only, so the line is printed once per group
+    whichever rank leads it (see ``_fail``).
+    """
+
+    def __init__(self, message: str, report_here: bool) -> None:
+        super().__init__(message)
+        self.report_here = report_here
 
 
 @dataclass
@@ -174,6 +188,7 @@ class GroupTrainer:
             pin_memory=env.device.type == "cuda",  # else the non_blocking host-to-device copies are synchronous
         )
         self.ckpt = GroupCheckpointer(Path(cfg.ckpt_dir) / f"group{run.index}", run.pg, run.group_rank)
+        self.on_first_save: Callable[[], None] | None = None  # called once, after this trainer's first checkpoint
         self.pipeline: Any = None
         if t.pipeline:
             from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
@@ -234,6 +249,37 @@ class GroupTrainer:
     def _save(self, state: Any, is_best: bool = False) -> None:
         self._detach()
         self.ckpt.save(state.step, self.model, self.optimizer, state, self._extras(), is_best=is_best)
+        if self.on_first_save is not None:
+            hook, self.on_first_save = self.on_first_save, None
+            hook()
+
+    def _check_finite(self, window: list[torch.Tensor], state: Any) -> float:
+        """The group mean of the losses in ``window`` (the steps up to ``state.step``); raises
+        ``TrainingDiverged`` naming the first non-finite step, on every rank of the group.
+
+        Collective over the group (every rank calls it at the same steps), so the ranks agree
+        on stopping; a NaN on any rank makes the reduced mean NaN.  The stop comes before the
+        next checkpoint or evaluation, so no NaN weights are ever saved or kept as "best".
+        """
+        if not window:
+            return float("nan")
+        losses = torch.stack(window).detach().float().reshape(-1)
+        mean = self._group_mean(losses.mean())
+        if np.isfinite(mean):
+            return mean
+        bad = (~torch.isfinite(losses)).nonzero()
+        first = torch.tensor([float(bad[0, 0]) if len(bad) else float(len(window))], dtype=torch.float64,
+                             device=self.env.device)
+        if self.run.group_world > 1:
+            dist.all_reduce(first, op=dist.ReduceOp.MIN, group=self.run.pg)
+        step = state.step - len(window) + 1 + int(first[0])
+        t = self.cfg
+        raise TrainingDiverged(
+            f"group {self.run.index}: training loss is {mean} at step {step} (epoch {state.epoch}); stopped "
+            f"before saving a checkpoint. Check the data for extreme values, or lower the learning rates "
+            f"(dense_optimizer.lr={t.dense_optimizer.lr}, embedding_optimizer.lr={t.embedding_optimizer.lr})",
+            report_here=self.run.is_leader,
+        )
 
     def evaluate(self, split: str) -> Any:
         """Scores `split` with this group: an EvalResult whose [N, M_k] logits sit on the group leader."""
@@ -279,7 +325,11 @@ class GroupTrainer:
         state = TrainState()
         loader_state = None
         if resume:
-            found = self.ckpt.load_latest(self.model, self.optimizer)
+            def warn(msg: str) -> None:
+                if run.is_leader:
+                    print(f"[group {run.index}] warning: {msg}", flush=True)
+
+            found = self.ckpt.load_latest(self.model, self.optimizer, log=warn)
             if found is not None:
                 state, extras = found
                 set_rng_state(extras["rng"])
@@ -320,7 +370,7 @@ class GroupTrainer:
                 bar.update(1)
                 if state.step % t.log_every == 0 or state.epoch_step == total:
                     now = t_train + time.perf_counter() - seg_t0
-                    mean_loss = self._group_mean(torch.stack(window).mean())
+                    mean_loss = self._check_finite(window, state)
                     eps = len(window) * t.batch_size / max(now - logged_at, 1e-9)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", ex_s=f"{eps:,.0f}")
                     if self.writer is not None:
@@ -342,6 +392,8 @@ class GroupTrainer:
                 self._train_steps(it, n, on_step)
                 t_train += time.perf_counter() - seg_t0
                 n_examples += n * t.batch_size
+                if window:  # steps since the last log: checked before any checkpoint or eval
+                    self._check_finite(window, state)
                 if state.epoch_step < total:
                     if t.checkpoint_interval and state.epoch_step % t.checkpoint_interval == 0:
                         self._save(state)
@@ -430,24 +482,23 @@ def train(
     """
     from recsys.tb import RunLogger
 
+    release_previous: Callable[[], None] | None = None
     if resume:
-        # Every rank looks before rank 0 may delete anything (the barrier), so all agree.
-        has_ckpt = any(any(d.glob("step-*/state.json")) for d in cfg.ckpt_dir.glob("group*"))
+        # Every rank looks before rank 0 may move anything (the barrier), so all agree.
+        has_ckpt = _has_checkpoint(cfg.ckpt_dir)
         dist.barrier()
         if not has_ckpt:
             if env.rank == 0:
                 print(f"train_group: --resume: no checkpoint under {cfg.ckpt_dir}; starting fresh", flush=True)
             resume = False
     if not resume:
-        # A fresh run of a name replaces that name's old checkpoints and TensorBoard events:
-        # a stale best.json or event file would otherwise mix two runs.
+        # A fresh run of a name replaces that name's old checkpoints and TensorBoard events (a
+        # stale best.json or event file would otherwise mix two runs), but only once it has
+        # something to show: the old run is set aside now and deleted after the new run's first
+        # checkpoint, so a run that fails early loses nothing.
         if env.rank == 0:
-            import shutil
-
-            for d in (cfg.run_dir, cfg.ckpt_dir):
-                if d.exists():
-                    print(f"train_group: removing the previous run's {d} (use --resume to continue it)", flush=True)
-                    shutil.rmtree(d)
+            set_aside_previous_run(cfg)
+            release_previous = lambda: release_previous_run(cfg)  # noqa: E731
         dist.barrier()
     groups, parallel = plan_groups(cfg, env, sequential)
     names = cfg.member_names
@@ -464,6 +515,7 @@ def train(
             return RunLogger.group_writer(cfg, k, purge_step=purge_step)
 
         trainer = GroupTrainer(cfg, env, run, open_writer if run.is_leader else None, show_progress=env.rank == 0)
+        trainer.on_first_save, release_previous = release_previous, None  # rank 0's first group only
         trainer.fit(resume, fail_at_step, fail_rank)
         results.append(trainer.finish())
         if trainer.writer is not None:
@@ -497,6 +549,79 @@ def train(
     report = logger.final(val, test, float(eps[0]), extra=extra)
     logger.close()
     return report
+
+
+def _has_checkpoint(ckpt_dir: Path) -> bool:
+    return any(any(d.glob("step-*/state.json")) for d in ckpt_dir.glob("group*"))
+
+
+def _previous(d: Path) -> Path:
+    return d.with_name(d.name + PREVIOUS_SUFFIX)
+
+
+def set_aside_previous_run(cfg: ExperimentConfig) -> None:
+    """Moves the last run of this name (``runs/<name>``, ``checkpoints/<name>``) to
+    ``<dir>.previous``, where it stays until the new run has written its first checkpoint.
+
+    If a ``.previous`` pair is already there, the run after it died before its first
+    checkpoint: what it left (no checkpoint, at most a few TensorBoard events) is dropped and
+    the ``.previous`` pair kept.  If that run did checkpoint, it is the newer result and
+    replaces the ``.previous`` pair.  Either way, no checkpoint is deleted before a newer
+    one exists.  Runs on global rank 0 only.
+    """
+    import shutil
+
+    dirs = [d for d in (cfg.run_dir, cfg.ckpt_dir) if d.exists()]
+    if not dirs:
+        return
+    keep_current = _has_checkpoint(cfg.ckpt_dir) or not any(_previous(d).exists() for d in (cfg.run_dir, cfg.ckpt_dir))
+    for d in (cfg.run_dir, cfg.ckpt_dir):
+        prev = _previous(d)
+        if keep_current:
+            if prev.exists():
+                shutil.rmtree(prev)
+            if d.exists():
+                d.rename(prev)
+        elif d.exists():
+            shutil.rmtree(d)
+    where = " and ".join(str(_previous(d)) for d in (cfg.run_dir, cfg.ckpt_dir) if _previous(d).exists())
+    print(f"train_group: the previous run of {cfg.name!r} is kept in {where} until this run writes its first "
+          "checkpoint (use --resume to continue a run instead)", flush=True)
+
+
+def release_previous_run(cfg: ExperimentConfig) -> None:
+    """Deletes the ``.previous`` pair once the new run has a checkpoint of its own."""
+    import shutil
+
+    for d in (cfg.run_dir, cfg.ckpt_dir):
+        if _previous(d).exists():
+            shutil.rmtree(_previous(d), ignore_errors=True)
+
+
+def preflight(cfg: ExperimentConfig) -> None:
+    """Opens every split the run will read (train, val, test) and checks what a run needs of
+    them, before anything is written, moved or removed; every rank runs it before the process
+    group exists, so a bad input costs one line and no work.
+
+    Checks: each split's arrays exist, are readable .npy files (a truncated file is caught by
+    its header's size), have the schema's shapes, dtypes and row counts; the train split holds
+    at least one global batch (else an epoch runs 0 steps and reports an untrained model).
+    """
+    from recsys.data.loader import LoaderError, open_split
+
+    source = cfg.data_source()
+    splits = {}
+    for split in ("train", "val", "test"):
+        try:
+            splits[split] = open_split(source, split)
+        except LoaderError as e:
+            raise LoaderError(f"{cfg.source}: data_dir: {one_line(e)}") from None
+    rows, batch = splits["train"].num_rows, cfg.train.batch_size
+    if rows < batch:
+        raise ConfigError(
+            f"{cfg.source}: train.batch_size={batch} is larger than the train split ({rows} rows): "
+            "an epoch would run 0 steps; lower train.batch_size"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -561,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
         # Every config error (bad values, missing splits, cuda without CUDA) surfaces here,
         # before any process group.
         cfg = load_config(args.config, overrides)
+        preflight(cfg)
         from recsys.distributed import init_distributed
 
         env = init_distributed(cfg.device)
@@ -578,25 +704,30 @@ def main(argv: list[str] | None = None) -> int:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the config or the data (not bugs): reported as one line, exit status 2."""
-    from recsys.data.loader import LoaderError
-    from recsys.data.schema import SchemaError
-    from recsys.grad_sync import GradientScalingError
-    from recsys.models.spec import SpecError
-
-    return ConfigError, LoaderError, SchemaError, SpecError, GradientScalingError
+    return (UserError,)
 
 
 def _fail(e: BaseException) -> int:
-    """Prints ``train_group: error: ...`` once, on global rank 0.
+    """Prints ``train_group: error: ...`` once.
 
-    Every rank usually hits the same error (same config and data), so the other ranks stay
-    quiet; they wait a moment before exiting because torchrun tears the whole job down as
-    soon as one rank exits non-zero, which could kill rank 0 before it has printed.
+    Before the process group exists (config and preflight errors), every rank hits the same
+    error, and only global rank 0 prints it.  Afterwards an error can be one rank's own (a bad
+    row in its slice of a batch, a group's diverged loss): that rank prints it, with its rank,
+    unless the error says otherwise (``report_here``).  Ranks that stay quiet wait a moment
+    before exiting, because torchrun tears the whole job down as soon as one rank exits
+    non-zero, which could kill the reporting rank before it has printed.
     """
-    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
-    msg = " ".join(str(e).split())  # one line, whatever the exception text holds
-    if rank == 0:
-        print(f"train_group: error: {msg}", file=sys.stderr, flush=True)
+    from recsys.data.loader import LoaderError
+
+    initialized = dist.is_initialized()
+    rank = dist.get_rank() if initialized else int(os.environ.get("RANK", "0"))
+    # Config and spec errors are the same on every rank; a data error after start-up is the
+    # rank's own (it reads its own slice of each batch).
+    own = initialized and isinstance(e, LoaderError)
+    report = getattr(e, "report_here", rank == 0 or own)
+    if report:
+        where = f"[rank {rank}] " if initialized and dist.get_world_size() > 1 else ""
+        print(f"train_group: error: {where}{one_line(e)}", file=sys.stderr, flush=True)
     else:
         time.sleep(2.0)
     return 2

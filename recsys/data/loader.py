@@ -422,7 +422,38 @@ class NpySplit:
             sparse = sparse % self._modulo
         if check_ids:
             self._check_ids(sparse, rows, segs)
+        self._check_finite(dense, labels, segs)
         return dense, sparse, labels
+
+    @staticmethod
+    def _locate(i: int, segs: list) -> tuple[Path, int]:
+        """Batch position i -> (the part's sparse file, the row in that file)."""
+        for p, idx in segs:
+            m = (idx.stop - idx.start) if isinstance(idx, slice) else len(idx)
+            if i < m:
+                return p.sparse_path, (idx.start + i) if isinstance(idx, slice) else int(idx[i])
+            i -= m
+        raise AssertionError("unreachable")
+
+    def _check_finite(self, dense: np.ndarray, labels: np.ndarray, segs: list) -> None:
+        """NaN or inf in dense values or labels trains a model to NaN (every AUC then reads
+        0.5 and a NaN checkpoint can become "best"): refuse the batch and name the row.
+
+        Cheap: one vectorized pass over the batch already in RAM (~0.1 ms per 4096 x 13 block),
+        beside the id check; converters refuse to write such values in the first place.
+        """
+        if dense.size and not np.isfinite(dense).all():
+            i, j = (int(x) for x in np.argwhere(~np.isfinite(dense))[0])
+            path, row = self._locate(i, segs)
+            name = self.schema.dense_features[j] if j < len(self.schema.dense_features) else f"dense[{j}]"
+            dense_file = path.with_name(path.name.replace("_sparse", "_dense"))
+            raise LoaderError(f"{dense_file} row {row}: dense feature {name!r} is {dense[i, j]} "
+                              "(non-finite values would train the model to NaN)")
+        if labels.size and not np.isfinite(labels).all():
+            i = int(np.argwhere(~np.isfinite(labels))[0, 0])
+            path, row = self._locate(i, segs)
+            labels_file = path.with_name(path.name.replace("_sparse", "_labels"))
+            raise LoaderError(f"{labels_file} row {row}: label is {labels[i]} (labels must be finite, 0 or 1)")
 
     def _check_ids(self, sparse: np.ndarray, rows: Any, segs: list) -> None:
         """A bad id would fail deep inside fbgemm or silently read the wrong row: name it here."""
@@ -430,17 +461,11 @@ class NpySplit:
             return
         bad = (sparse < 0) | (sparse >= self._vocab)
         i, j = (int(x) for x in np.argwhere(bad)[0])
-        # map batch position i back to (file, row)
-        for p, idx in segs:
-            m = (idx.stop - idx.start) if isinstance(idx, slice) else len(idx)
-            if i < m:
-                row = (idx.start + i) if isinstance(idx, slice) else int(idx[i])
-                raise LoaderError(
-                    f"{p.sparse_path} row {row}: field {self.keys[j]!r} id {int(sparse[i, j])} "
-                    f"is outside [0, {int(self._vocab[j])}) (num_embeddings in the schema)"
-                )
-            i -= m
-        raise AssertionError("unreachable")
+        path, row = self._locate(i, segs)
+        raise LoaderError(
+            f"{path} row {row}: field {self.keys[j]!r} id {int(sparse[i, j])} "
+            f"is outside [0, {int(self._vocab[j])}) (num_embeddings in the schema)"
+        )
 
     def batch(self, rows: np.ndarray | slice, check_ids: bool = True) -> Batch:
         """Rows -> ``Batch(dense [n, Dd], KJT keyed by schema.sparse_names, labels [n])``."""
