@@ -33,9 +33,10 @@ def one_error_line(err: str) -> str:
 
 
 def no_partial_outputs(out: Path) -> None:
-    assert not (out / "meta.json").exists()
+    """No new array, temp file, cache or staging dir of the failed run, in or beside ``out``."""
     assert not list(out.glob("*.tmp")) if out.exists() else True
     assert not (out / ".convert_cache").exists()
+    assert not list(out.parent.glob(f".{out.name}.convert-*")), list(out.parent.iterdir())
 
 
 def test_cli_help_and_exit_code_via_subprocess(tmp_path: Path) -> None:
@@ -132,8 +133,8 @@ def test_bad_rows_avazu_line_numbers_count_the_header(tmp_path: Path, capsys: py
     assert f"{src}:8: bad hour value" in capsys.readouterr().err
 
 
-def test_too_many_bad_rows_fail_with_one_line_and_write_nothing(tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_too_many_bad_rows_fail_with_one_line_and_keep_the_old_output(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     rows = criteo_rows(1000)
     rows[41] = "0\t1\t2\n"  # line 42
     rows[700] = rows[700].replace("\t", "\tx", 1)  # line 701: bad I1
@@ -141,16 +142,17 @@ def test_too_many_bad_rows_fail_with_one_line_and_write_nothing(tmp_path: Path,
     src.write_text("".join(rows))
     out = tmp_path / "o"
     out.mkdir()
-    (out / "meta.json").write_text("{}")  # from an earlier run: must not survive beside new arrays
+    (out / "meta.json").write_text("{}")  # from an earlier run: a failed run must leave it as it was
     rc = main("criteo", ["--input", str(src), "--output", str(out), "--no-progress"])  # default 0.001
     assert rc == 1
     line = one_error_line(capsys.readouterr().err.split("\n", 0)[0])
     assert "2 of 1000 rows malformed" in line and f"first: {src}:42: expected 40 columns, got 3" in line
     no_partial_outputs(out)
+    assert (out / "meta.json").read_text() == "{}"
     assert not list(out.glob("*.npy"))
 
 
-def test_interrupted_run_leaves_no_meta(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "c.tsv"
     src.write_text("".join(criteo_rows(3000)))
     out = tmp_path / "o"

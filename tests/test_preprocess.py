@@ -324,8 +324,8 @@ def test_native_scanner_reports_bad_rows_at_the_same_lines(tmp_path: Path) -> No
         # 700 rows, 45 edge lines (one empty), 3 bad, 800 rows, 3 bad
         assert lines == [746, 747, 748, 1549, 1550]
         assert "expected 40 columns, got 20" in s.bad_examples[0][1]
-        assert s.bad_examples[2][1] == "non-numeric I3 value"
-        assert s.bad_examples[3][1] == "bad label (label) value"
+        assert s.bad_examples[2][1] == "non-numeric I3 value 'abc'"  # the value, as written
+        assert s.bad_examples[3][1] == "bad label (label) value 'x'"
 
 
 def _assert_engines_agree(data: bytes) -> list:
@@ -362,6 +362,61 @@ def test_engines_agree_on_spaces_and_words_in_numbers(tmp_path: Path) -> None:
             f[col] = v if col else v.replace("4", "1")
             rows.append("\t".join(f))
     _assert_engines_agree(("\n".join(rows) + "\n").encode())
+
+
+def test_engines_agree_on_nan_words_in_an_otherwise_clean_chunk(tmp_path: Path) -> None:
+    """arrow's typed (float64) reader parses ``nan`` as NaN, which was taken for an empty field
+    (dense 0) while the C scanner rejected the row; only a chunk with some other non-numeric
+    value (re-read as text) hid the difference.  Both now reject it; the text is reported."""
+    src = tmp_path / "base.tsv"
+    write_criteo(src, 40, seed=6)
+    rows = src.read_text().splitlines()
+    for i, w in enumerate(["nan", "NaN", "-nan", "+nan"]):
+        f = rows[5 + i].split("\t")
+        f[3] = w
+        rows[5 + i] = "\t".join(f)
+    for s in _assert_engines_agree(("\n".join(rows) + "\n").encode()):
+        assert s.bad_count == 4
+        assert [why for _, why in s.bad_examples] == [f"non-numeric I3 value {w!r}" for w in
+                                                      ["nan", "NaN", "-nan", "+nan"]]
+
+
+def test_engines_agree_on_carriage_returns(tmp_path: Path) -> None:
+    """A CR inside a line (not CRLF) ends the line for pyarrow, not for the C scanner: it split
+    such a row in two bad rows and shifted later line numbers.  Now both call it one bad row.
+    CRLF endings, a CR at the very end of the data and CR CR LF are covered too."""
+    src = tmp_path / "base.tsv"
+    write_criteo(src, 30, seed=8)
+    rows = src.read_text().splitlines()
+    f = rows[3].split("\t")
+    f[20] = "ab\rcd"  # line 4: lone CR in a categorical value
+    rows[3] = "\t".join(f)
+    f = rows[6].split("\t")
+    f[2] = "7\r"  # line 7: lone CR after a number
+    rows[6] = "\t".join(f)
+    f = rows[9].split("\t")
+    f[4] = "x"  # line 10: a bad value after them, reported at its own line
+    rows[9] = "\t".join(f)
+    body = "\r\n".join(rows[:20]) + "\r\r\n" + "\n".join(rows[20:]) + "\r"  # line 20 ends CR CR LF
+    for s in _assert_engines_agree(body.encode()):
+        assert s.n_rows == 30 and s.bad_count == 4
+        assert s.bad_examples == [(4, "carriage return inside the line"), (7, "carriage return inside the line"),
+                                  (10, "non-numeric I4 value 'x'"), (20, "carriage return inside the line")]
+
+
+def test_engines_agree_on_rows_that_are_not_utf8(tmp_path: Path) -> None:
+    """A wrong-column-count row holding bytes that are not UTF-8 made pyarrow's invalid-row
+    callback raise (a traceback on stderr) and the whole chunk fail; the C scanner counted
+    one bad row.  Now both count one bad row; a latin-1 value in a good row stays a value."""
+    src = tmp_path / "base.tsv"
+    write_criteo(src, 30, seed=9)
+    rows = src.read_bytes().splitlines()
+    rows[3] = rows[3].replace(b"\t", b"\t\xa2", 1) + b"\tEXTRA"  # line 4: 41 columns, not UTF-8
+    rows[5] = rows[5][:rows[5].rfind(b"\t")] + b"\tcaf\xe9"  # line 6: good, a latin-1 C26
+    rows[7] = rows[7][:30]  # line 8: too few columns
+    short = rows[7].count(b"\t") + 1
+    for s in _assert_engines_agree(b"\n".join(rows) + b"\n"):
+        assert s.bad_examples == [(4, "expected 40 columns, got 41"), (8, f"expected 40 columns, got {short}")]
 
 
 def test_engines_agree_on_randomly_damaged_rows(tmp_path: Path) -> None:

@@ -26,13 +26,27 @@ Why it looks like this (speed and memory are requirements, not niceties):
   values of one field collide with probability ~ n^2 / 2^65 (1e-5 for 10M values).
 * **Splits** are a seeded random 8:1:1 (``--split``) drawn per chunk from
   ``(seed, file, chunk)``, or explicit files (``--train/--val/--test``).
-* **Atomic.**  Arrays are streamed to ``*.npy.tmp`` and renamed when complete;
-  ``meta.json`` is removed first and written last, so a killed run never leaves
-  a ``meta.json`` beside partial arrays.
+* **Atomic.**  The whole conversion (arrays, ``meta.json``, the pass-1 cache) is
+  written to a staging directory beside the output, ``.<name>.convert-<pid>-<hex>``
+  in the same parent (so the same filesystem), and swapped in when complete by one
+  ``renameat2(RENAME_EXCHANGE)`` (Linux; elsewhere two renames, which a next run
+  repairs if killed between them).  Until that swap the previous conversion is
+  untouched, whatever happens: bad input found late, too many bad rows, disk full,
+  Ctrl-C, ``kill -9``.  Files in the output dir that are not the converter's
+  (notes, raw inputs) are moved into the new conversion, never dropped.  A run
+  holds an ``flock`` on its staging dir; the next run deletes the staging dirs
+  whose owner is gone (and puts back any moved files), and refuses to start while
+  another live run converts into the same output.  The cost: old and new
+  conversion coexist on disk while a run lasts.  (No ``fsync``: this survives a
+  killed process, not a power cut.)
 * **Bad rows** (wrong column count, non-numeric value in a numeric column) are
-  dropped, counted and the first few reported as ``file:line``; above
-  ``--max-bad-fraction`` the run fails.  A missing/empty file or the wrong
-  dataset stops the run before any work with exit code 2.
+  dropped, counted and the first few reported as ``file:line: reason 'value'``;
+  above ``--max-bad-fraction`` the run fails with exit code 1.  Bad flags, a
+  missing/empty/binary file, the wrong dataset or an unusable output path stop the
+  run before any work with exit code 2; so does a truncated ``.gz`` found later.
+* **Never non-finite.**  Numbers are finite or the row is bad (``inf``, ``nan``,
+  ``1e309``); dense blocks are checked with ``np.isfinite`` before they are written,
+  so a NaN that slipped through would stop the run at its ``file:line``.
 
 Example::
 
@@ -42,18 +56,33 @@ Example::
 from __future__ import annotations
 
 import argparse
+import codecs
+import ctypes
+import errno
 import gzip
+import math
 import multiprocessing as mp
 import os
+import re
+import secrets
 import shutil
+import signal
+import stat
 import sys
 import threading
 import time
+import zlib
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: staging dirs are told alive by their pid alone
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 import pyarrow as pa
@@ -73,7 +102,7 @@ from recsys.data.raw_formats import (
     transform_column_arity,
 )
 from recsys.data.schema import META_FILE, Schema, SparseFeature
-from recsys.errors import UserError
+from recsys.errors import UserError, one_line
 
 SPLITS = ("train", "val", "test")
 CRITEO_NAMES = FORMATS["criteo"].column_names  # label, I1..I13, C1..C26
@@ -134,8 +163,71 @@ def _open_text(path: str):
     return gzip.open(path, "rb") if _is_gz(path) else open(path, "rb")
 
 
+_GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)  # what a damaged .gz raises while it is read
+_MAGIC = {b"\x1f\x8b": "gzip-compressed data (name the file *.gz to read it compressed)",
+          b"BZh": "bzip2-compressed data (decompress it first)",
+          b"\xfd7zXZ\x00": "xz-compressed data (decompress it first)",
+          b"\x28\xb5\x2f\xfd": "zstd-compressed data (decompress it first)",
+          b"PK\x03\x04": "a zip archive", b"\x93NUMPY": "a NumPy .npy array"}
+
+
+def _binary_reason(head: bytes) -> str | None:
+    """Why ``head`` (a file's first KB) is not a text log, or None.
+
+    Why: a binary file used to get past the first-line check with a misleading hint
+    ("looks like a CSV with a header, e.g. Avazu") or as thousands of bad rows.
+    Binary = a known compressed/array magic, a NUL byte, or over a quarter of the
+    characters undecodable as UTF-8 or control characters other than tab/CR/LF.
+    """
+    for magic, what in _MAGIC.items():
+        if head.startswith(magic):
+            return what
+    if b"\0" in head:
+        return "binary data"
+    text = codecs.getincrementaldecoder("utf-8")("replace").decode(head, final=False)  # a cut last char is fine
+    odd = sum(1 for ch in text if ch == "\ufffd" or ch == "\x7f" or (ch < " " and ch not in "\t\n\r"))
+    return "binary data" if text and odd > len(text) / 4 else None
+
+
+def _gzip_good_prefix(path: str) -> tuple[int, int]:
+    """(decompressed bytes, newlines among them) of ``path`` before its damage.
+
+    Only called once a read has failed: ``gzip`` drops what it decompressed in the failing
+    ``read``, so this decompresses again with ``zlib`` in 64 KB steps (exact for a
+    truncated file, within one step's output for corrupt data)."""
+    total = lines = 0
+    d = zlib.decompressobj(wbits=31)
+    with open(path, "rb") as f:
+        while piece := f.read(1 << 16):
+            while piece:
+                try:
+                    out = d.decompress(piece)
+                except zlib.error:
+                    return total, lines
+                total += len(out)
+                lines += out.count(b"\n")
+                piece = b""
+                if d.eof:  # end of one gzip member: the next one starts in the unused bytes
+                    piece, d = d.unused_data, zlib.decompressobj(wbits=31)
+    return total, lines
+
+
+def _gzip_error(path: str, e: BaseException) -> InputError:
+    """One line for a damaged .gz: the file, how far decompression got, what broke."""
+    try:
+        good, lines = _gzip_good_prefix(path)
+        where = f"after {good:,} decompressed bytes ({lines:,} lines)"
+    except OSError:
+        good, where = 0, "somewhere"
+    if isinstance(e, EOFError):
+        return InputError(f"{path}: truncated gzip file: the compressed stream ends {where}")
+    if isinstance(e, gzip.BadGzipFile) and str(e).startswith("Not a gzipped file") and not good:
+        return InputError(f"{path}: not gzip data, although the name ends in .gz")
+    return InputError(f"{path}: corrupt gzip data {where} ({one_line(e)})")
+
+
 def check_inputs(fmt: RawFormat, files: list[str]) -> None:
-    """Fails fast, with exit code 2, on a missing or empty file or one of another dataset."""
+    """Fails fast, with exit code 2, on a missing, empty, binary or damaged file or one of another dataset."""
     if not files:
         raise InputError("no input files given (use --input, or --train/--val/--test)")
     expected = len(fmt.columns)
@@ -147,24 +239,33 @@ def check_inputs(fmt: RawFormat, files: list[str]) -> None:
             raise InputError(f"{path}: is a directory, expected a {fmt.name} file")
         try:
             with _open_text(path) as f:
+                why = _binary_reason(f.read(1024))
+                if why:
+                    raise InputError(f"{path}: {why}, not a {fmt.name} text log")
+                f.seek(0)
                 first = f.readline()
                 while first in (b"\n", b"\r\n"):
                     first = f.readline()
-        except (OSError, EOFError) as e:
-            raise InputError(f"{path}: cannot read ({e})") from None
+        except _GZIP_ERRORS as e:
+            raise _gzip_error(path, e) from None
+        except OSError as e:
+            raise InputError(f"{path}: cannot read ({e.strerror or one_line(e)})") from None
         if not first:
             raise InputError(f"{path}: empty file")
         line = first.rstrip(b"\r\n").decode("utf-8", "replace")
+        cr_only = "\r" in line and line.count(fmt.delimiter) >= expected
+        hint = " (its lines end in CR only: convert them to LF)" if cr_only else ""
         got = line.split(fmt.delimiter)
         if fmt.header:
             if got != fmt.column_names:
                 raise InputError(
                     f"{path}:1: not a {fmt.name} file: header {line[:80]!r} is not "
-                    f"{fmt.delimiter.join(fmt.column_names)[:60]!r}..."
+                    f"{fmt.delimiter.join(fmt.column_names)[:60]!r}...{hint}"
                 )
             continue
         if len(got) != expected:
-            hint = " (looks like a CSV with a header, e.g. Avazu)" if "," in line and "\t" not in line else ""
+            if not hint and "," in line and "\t" not in line:
+                hint = " (looks like a CSV with a header, e.g. Avazu)"
             raise InputError(
                 f"{path}:1: not a {fmt.name} file: expected {expected} "
                 f"{'tab' if fmt.delimiter == chr(9) else repr(fmt.delimiter)}-separated columns, "
@@ -186,9 +287,12 @@ def make_tasks(files: list[str], splits: list[int], chunk_bytes: int) -> Iterato
                 ci, pos = 0, 0
                 while True:
                     target = (ci + 1) * chunk_bytes
-                    data = f.read(target - pos) if target > pos else b""
-                    if data and not data.endswith(b"\n"):
-                        data += f.readline()
+                    try:
+                        data = f.read(target - pos) if target > pos else b""
+                        if data and not data.endswith(b"\n"):
+                            data += f.readline()
+                    except _GZIP_ERRORS as e:  # found mid-run: one line, and the caller keeps the old output
+                        raise _gzip_error(path, e) from None
                     pos += len(data)
                     if not data and pos < target:
                         break  # end of stream
@@ -249,6 +353,72 @@ class Parsed:
     bad_examples: list[tuple[int, str]]  # (1-based line within chunk, reason)
 
 
+CR_REASON = "carriage return inside the line"
+_BAD_CR = 3  # a row status beside fast_parse's OK / BAD_COLUMNS / BAD_VALUE, set here
+
+
+def _lone_cr_lines(data: bytes) -> np.ndarray:
+    """1-based lines of ``data`` holding a carriage return that does not end the line.
+
+    Why: pyarrow's reader ends a line at a lone CR, the C scanner does not (it is part of
+    a value there), so the engines split such a row differently, and arrow's row numbers
+    stopped matching physical lines, shifting every later bad-row report.  Both engines
+    now reject these rows as bad, with this reason.  Costs a ``memchr`` per chunk; the
+    numpy pass runs only on chunks that hold a CR (CRLF files).
+    """
+    if b"\r" not in data:
+        return np.zeros(0, dtype=np.int64)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    cr = np.flatnonzero(buf[:-1] == 13)  # a CR as the chunk's last byte ends its line
+    lone = cr[buf[cr + 1] != 10]
+    if lone.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    nl = np.flatnonzero(buf == 10)
+    return np.unique(np.searchsorted(nl, lone)) + 1  # newlines before the CR + 1
+
+
+def _blank_lines(data: bytes, lines: np.ndarray) -> bytes:
+    """``data`` with the given 1-based lines overwritten by spaces (same length): the reader
+    sees one invalid 1-column row per line, at the same line numbers."""
+    buf = bytearray(data)
+    nl = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    for line in lines.tolist():
+        start = 0 if line == 1 else int(nl[line - 2]) + 1
+        end = int(nl[line - 1]) if line - 1 < nl.size else len(buf)
+        buf[start:end] = b" " * (end - start)
+    return bytes(buf)
+
+
+def _column_counts_if_not_utf8(data: bytes, delimiter: str) -> np.ndarray | None:
+    """Columns on each line of ``data`` (delimiters + 1, 0 for an empty line), or None when
+    ``data`` is valid UTF-8 (nearly always: one ``isascii`` pass).
+
+    Why: pyarrow decodes an invalid row's text as UTF-8 to build the object it hands to
+    ``invalid_row_handler``; on other bytes that raises inside pyarrow ("Exception ignored"
+    and a traceback on stderr) and the whole chunk fails to parse.  For such chunks the
+    caller blanks the wrong-count lines first and reports the counts from here.
+    """
+    if data.isascii():
+        return None
+    try:
+        data.decode("utf-8")
+        return None
+    except UnicodeDecodeError:
+        pass
+    buf = np.frombuffer(data, dtype=np.uint8)
+    nl = np.flatnonzero(buf == 10)
+    ends = np.append(nl, buf.size)
+    starts = np.concatenate([[0], nl + 1])
+    seps = np.concatenate([[0], np.cumsum(buf == ord(delimiter))])
+    counts = seps[ends] - seps[starts] + 1
+    lengths = ends - starts
+    trailing_cr = np.zeros(lengths.size, dtype=bool)
+    has = lengths > 0
+    trailing_cr[has] = buf[ends[has] - 1] == 13
+    counts[lengths - trailing_cr == 0] = 0
+    return counts
+
+
 def _nonempty_lines(data: bytes) -> np.ndarray:
     """0-based indices of the chunk's non-empty lines (a line of only ``\\r`` is empty)."""
     buf = np.frombuffer(data, dtype=np.uint8)
@@ -284,10 +454,13 @@ class _Typed:
     reason: str
 
 
-def _typed_numeric(col: Column, v: np.ndarray, numeric: str) -> _Typed:
-    """Per-row work for a column the reader already parsed as float64 (NaN = empty)."""
-    empty = np.isnan(v)
-    bad = np.isinf(v)
+def _typed_numeric(col: Column, v: np.ndarray, empty: np.ndarray, numeric: str) -> _Typed:
+    """Per-row work for a column the reader already parsed as float64 (``empty``: the reader's nulls).
+
+    Why the null mask and not ``isnan``: the reader parses the text ``nan`` as NaN, which
+    must be a bad value (as in the C scanner), not an empty one.
+    """
+    bad = ~np.isfinite(v) & ~empty
     if col.kind == "label":
         bad = bad | empty | (v < 0)
         return _Typed(None, None, None, (v > 0).astype(np.float32), bad if bad.any() else None,
@@ -312,6 +485,54 @@ def _typed_numeric(col: Column, v: np.ndarray, numeric: str) -> _Typed:
     return _Typed(rows, keys, None, None, bad if bad.any() else None, reason)
 
 
+SHOW_CHARS = 40  # a bad value is shown in a report up to this many characters
+
+
+def _field_texts(data: bytes, wanted: list[tuple[int, int]], delimiter: str) -> list[str]:
+    """The raw text of column ``col`` on 1-based physical line ``line`` of ``data``, for each
+    ``(line, col)``, quoted and cut to ``SHOW_CHARS`` for a bad-row report.
+
+    Why from the raw bytes: both engines then show the very same text (the tests compare
+    their reports), and a value the reader parsed (``inf``) is shown as it was written.
+    Costs one newline search over the chunk, only for chunks with bad rows.
+    """
+    if not wanted:
+        return []
+    nl = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    sep = delimiter.encode()
+    out = []
+    for line, col in wanted:
+        start = 0 if line <= 1 else int(nl[line - 2]) + 1
+        end = int(nl[line - 1]) if line - 1 < nl.size else len(data)
+        raw = data[start:end]
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        fields = raw.split(sep)
+        text = fields[col].decode("utf-8", "replace") if col < len(fields) else ""
+        out.append(repr(text[:SHOW_CHARS]) + (f"... ({len(text):,} chars)" if len(text) > SHOW_CHARS else ""))
+    return out
+
+
+class ChunkFault(Exception):
+    """A check failed on chunk-local line ``line`` of input file ``file_idx``.
+
+    Raised in a worker, which does not know how many lines came before its chunk; the
+    driver, which consumes chunks in order, turns it into an ``InputError`` naming the
+    file line.  Plain args, so it pickles back from a forked worker.
+    """
+
+    def __init__(self, file_idx: int, line: int, what: str) -> None:
+        super().__init__(file_idx, line, what)
+        self.file_idx, self.line, self.what = file_idx, line, what
+
+
+def _non_finite(task: Task, dense: np.ndarray, row: int, line: int, names: list[str]) -> None:
+    """Stops the run at a non-finite dense value: never written, named by file line and feature."""
+    col = int(np.flatnonzero(~np.isfinite(dense[row]))[0])
+    raise ChunkFault(task.file_idx, line, f"dense feature {names[col]} is {float(dense[row, col])} after "
+                                          "conversion; nothing written (a converter bug: please report this row)")
+
+
 def parse_chunk(
     fmt: RawFormat, data: bytes, task: Task, split_fracs: tuple[float, ...], seed: int, numeric: str
 ) -> Parsed:
@@ -329,6 +550,15 @@ def parse_chunk(
     if not data.strip():
         return Parsed(data.count(b"\n") + line_shift, 0, np.zeros((0, 0), np.int32), [], np.zeros((0, 0), np.float32),
                       np.zeros(0, np.float32), np.zeros(0, np.uint8), 0, [])
+    cr_lines = _lone_cr_lines(data)
+    if cr_lines.size:
+        data = _blank_lines(data, cr_lines)
+    true_counts: dict[int, int] = {}  # 1-based line -> its column count, for lines blanked here
+    counts = _column_counts_if_not_utf8(data, fmt.delimiter)
+    if counts is not None:
+        wrong = np.flatnonzero((counts != 0) & (counts != len(fmt.columns))) + 1
+        true_counts = dict(zip(wrong.tolist(), counts[wrong - 1].tolist()))
+        data = _blank_lines(data, wrong)
     names = fmt.column_names
     used = [c for c in fmt.columns if c.kind != "drop"]
     # Plain binary columns in 1 MB blocks, then a dictionary encode per column: measured
@@ -336,30 +566,40 @@ def parse_chunk(
     # Numeric and label columns are first tried as float64 (C++ parsing, no dictionary);
     # a chunk with a non-numeric value there is re-read as text to find the bad rows.
     typed = {c.name: pa.float64() for c in used if c.kind in ("num", "label")}
+    block = 1 << 20
 
     def read(types: dict[str, pa.DataType]) -> pa.Table:
         invalid.clear()
         return pacsv.read_csv(
             pa.BufferReader(data),
-            read_options=pacsv.ReadOptions(column_names=names, use_threads=False, block_size=1 << 20),
+            read_options=pacsv.ReadOptions(column_names=names, use_threads=False, block_size=block),
             parse_options=pacsv.ParseOptions(delimiter=fmt.delimiter, quote_char=False, invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(
                 column_types={c.name: types.get(c.name, pa.binary()) for c in used},
                 include_columns=[c.name for c in used],
+                null_values=[""],  # only an empty field is null: "nan", "NA", "null" are values (bad ones)
                 strings_can_be_null=False,
                 quoted_strings_can_be_null=False,
                 check_utf8=False,
             ),
         )
 
-    try:
-        table = read(typed)
-    except pa.ArrowInvalid:
-        typed = {}
-        table = read(typed)
+    while True:
+        try:
+            table = read(typed)
+            break
+        except pa.ArrowInvalid as e:
+            if "straddl" in str(e) and block <= len(data):  # a line longer than a block: one block for all
+                block = len(data) + 1
+            elif typed:  # a non-numeric value in a numeric column: re-read as text to find the bad rows
+                typed = {}
+            else:
+                raise InputError(f"{task.path}: cannot parse chunk {task.chunk_idx} "
+                                 f"(bytes from {task.start:,}): {one_line(e)}") from None
     n = table.num_rows
     bad = np.zeros(n, dtype=bool)
-    reasons: list[tuple[np.ndarray, str]] = []
+    reasons: list[tuple[np.ndarray, str, int]] = []  # (bad rows, why, raw column index)
+    raw_index = {c.name: i for i, c in enumerate(fmt.columns)}
     num_fields = sum(len(transform_column_arity(c, numeric)) for c in used)
     indices = np.empty((num_fields, n), dtype=np.int32)
     keys: list[np.ndarray] = []
@@ -367,10 +607,12 @@ def parse_chunk(
     labels = np.zeros(n, dtype=np.float32)
     for col in used:
         if col.name in typed:
-            fast = _typed_numeric(col, table.column(col.name).to_numpy(), numeric)
+            column = table.column(col.name)
+            nulls = pc.is_null(column).to_numpy(zero_copy_only=False) if column.null_count else np.zeros(n, bool)
+            fast = _typed_numeric(col, column.to_numpy(), nulls, numeric)
             if fast.bad is not None:
                 bad |= fast.bad
-                reasons.append((fast.bad, fast.reason))
+                reasons.append((fast.bad, fast.reason, raw_index[col.name]))
             if fast.rows is not None:
                 indices[len(keys)] = fast.rows
                 keys.append(fast.keys)
@@ -390,7 +632,7 @@ def parse_chunk(
         if res.bad.any():
             row_bad = res.bad[rows]
             bad |= row_bad
-            reasons.append((row_bad, res.reason))
+            reasons.append((row_bad, res.reason, raw_index[col.name]))
         for k in res.keys:
             indices[len(keys)] = rows
             keys.append(k)
@@ -408,19 +650,34 @@ def parse_chunk(
     examples: list[tuple[int, str]] = []
     if invalid:  # the reader numbers non-empty lines only: back to physical lines
         physical = _nonempty_lines(data) + 1
-        examples = [(int(physical[num - 1]) + line_shift, why) for num, why in sorted(invalid.items())[:MAX_REPORTED]]
+        crs = set(cr_lines.tolist())
+
+        def reason(line: int, why: str) -> str:
+            if line in crs:
+                return CR_REASON
+            if line in true_counts:
+                return f"expected {len(fmt.columns)} columns, got {true_counts[line]}"
+            return why
+
+        examples = [(int(physical[num - 1]) + line_shift, reason(int(physical[num - 1]), why))
+                    for num, why in sorted(invalid.items())[:MAX_REPORTED]]
     if bad.any():
         bad_rows = np.flatnonzero(bad)[:MAX_REPORTED]
-        lines = _line_numbers_of_rows(data, set(invalid), bad_rows) + line_shift
-        for r, line in zip(bad_rows, lines):
-            why = next(reason for mask, reason in reasons if mask[r])
-            examples.append((int(line), why))
+        lines = _line_numbers_of_rows(data, set(invalid), bad_rows)  # lines of ``data``: before the shift
+        found = [next((reason, c) for mask, reason, c in reasons if mask[r]) for r in bad_rows]
+        values = _field_texts(data, [(int(line), c) for line, (_, c) in zip(lines, found)], fmt.delimiter)
+        for line, (why, _), value in zip(lines, found, values):
+            examples.append((int(line) + line_shift, f"{why} {value}"))
         examples = sorted(examples)[:MAX_REPORTED]
     good = ~bad
     all_good = bool(good.all())
     dense = np.stack(dense_cols, axis=1) if dense_cols else np.zeros((n, 0), np.float32)
     if not all_good:
         indices, dense, labels, split = indices[:, good], dense[good], labels[good], split[good]
+    if dense.size and not np.isfinite(dense).all():
+        r = int(np.argwhere(~np.isfinite(dense))[0][0])
+        line = int(_line_numbers_of_rows(data, set(invalid), np.flatnonzero(good)[r:r + 1])[0]) + line_shift
+        _non_finite(task, dense, r, line, fmt.feature_names(numeric)[1])
     return Parsed(
         n_lines=data.count(b"\n") + line_shift,
         n_rows=n + len(invalid),
@@ -488,9 +745,12 @@ def scan_chunk(data: bytes, task: Task, split_fracs: tuple[float, ...], seed: in
 
     keys, dense, labels, status, aux, lines, n_lines = fp.scan_criteo(
         np.frombuffer(data, dtype=np.uint8), numeric == "dense")
+    cr_lines = _lone_cr_lines(data)
+    if cr_lines.size:  # rows split differently by arrow: bad in both engines, drawn no split
+        status[np.isin(lines, cr_lines)] = _BAD_CR
     ok = status == fp.OK
     n_ok = int(np.count_nonzero(ok))
-    colok = status != fp.BAD_COLUMNS
+    colok = (status != fp.BAD_COLUMNS) & (status != _BAD_CR)
     split = _draw_split(int(np.count_nonzero(colok)), task, split_fracs, seed)
     if n_ok == status.size:
         good = np.arange(status.size, dtype=np.int64)
@@ -501,14 +761,22 @@ def scan_chunk(data: bytes, task: Task, split_fracs: tuple[float, ...], seed: in
         dense, labels = dense[good], labels[good]
         examples = []
         names = CRITEO_NAMES
-        for r in np.flatnonzero(~ok)[:MAX_REPORTED]:
-            if status[r] == fp.BAD_COLUMNS:
+        shown = [r for r in np.flatnonzero(~ok)[:MAX_REPORTED]]
+        values = iter(_field_texts(data, [(int(lines[r]), int(aux[r])) for r in shown
+                                          if status[r] == fp.BAD_VALUE], "\t"))
+        for r in shown:
+            if status[r] == _BAD_CR:
+                why = CR_REASON
+            elif status[r] == fp.BAD_COLUMNS:
                 why = f"expected {fp.CRITEO_COLUMNS} columns, got {aux[r]}"
             elif aux[r] == 0:
-                why = "bad label (label) value"
+                why = f"bad label (label) value {next(values)}"
             else:
-                why = f"non-numeric {names[aux[r]]} value"
+                why = f"non-numeric {names[aux[r]]} value {next(values)}"
             examples.append((int(lines[r]), why))
+    if dense.size and not np.isfinite(dense).all():
+        r = int(np.argwhere(~np.isfinite(dense))[0][0])
+        _non_finite(task, dense, r, int(lines[good[r]]), list(CRITEO_NAMES[1:1 + dense.shape[1]]))
     return Scanned(n_lines, int(status.size), keys, good, np.ascontiguousarray(dense), labels, split,
                    int(status.size - n_ok), examples)
 
@@ -538,6 +806,18 @@ def _parse(job: Job, data: bytes, task: Task) -> Parsed | Scanned:
     if job.engine == "native":
         return scan_chunk(data, task, job.split_fracs, job.seed, job.numeric)
     return parse_chunk(FORMATS[job.fmt_name], data, task, job.split_fracs, job.seed, job.numeric)
+
+
+@contextmanager
+def _writing(path: str | Path) -> Iterator[None]:
+    """Names ``path`` in an OSError raised inside (a failed ``write`` has no filename), so that
+    a full disk or ``RLIMIT_FSIZE`` (EFBIG) is reported against the file being written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or one_line(e), str(path)) from None
+        raise
 
 
 # ----------------------------------------------------------------------------- workers
@@ -625,7 +905,7 @@ def run_hash_chunk(job: Job, task: Task) -> SplitArrays:
     if not job.spill:
         return SplitArrays(_stats(task, data, p), parts)
     path = os.path.join(job.cache_dir, f"hash_{task.file_idx:04d}_{task.chunk_idx:06d}.bin")
-    with open(path, "wb") as f:
+    with _writing(path), open(path, "wb") as f:
         for dense, sparse, labels in parts:
             for arr in (dense, sparse, labels):
                 if arr.size:
@@ -654,7 +934,8 @@ def run_count_chunk(job: Job, task: Task) -> Pass1Result:
     cache_file = os.path.join(job.cache_dir, f"chunk_{task.file_idx:04d}_{task.chunk_idx:06d}")
     for name, arr in zip(CACHE_ARRAYS, (p.indices, p.dense, p.labels, p.split,
                                         np.concatenate(p.keys) if p.keys else np.zeros(0, np.uint64), offsets)):
-        np.save(f"{cache_file}.{name}.npy", arr)
+        with _writing(f"{cache_file}.{name}.npy"):
+            np.save(f"{cache_file}.{name}.npy", arr)
     split_rows = np.bincount(p.split, minlength=len(SPLITS)).tolist()
     return Pass1Result(_stats(task, data, p), counts, cache_file, split_rows)
 
@@ -728,12 +1009,14 @@ def run_map_chunk(job: Job, item: tuple[str, list[int]]) -> None:
                 # this chunk's rows of a split are contiguous in the file: one positional write.
                 # (A memmap + flush here msync'ed every chunk to disk: ~1 us/row of CPU.)
                 row_bytes = arr.itemsize * (arr.size // n)
-                fd = os.open(os.path.join(job.out_dir, f"{s}_{kind}.npy.tmp"), os.O_WRONLY)
-                try:
-                    os.pwrite(fd, memoryview(np.ascontiguousarray(arr).reshape(-1)).cast("B"),
-                              NpyAppender.HEADER_BYTES + at * row_bytes)
-                finally:
-                    os.close(fd)
+                path = os.path.join(job.out_dir, f"{s}_{kind}.npy.tmp")
+                with _writing(path):
+                    fd = os.open(path, os.O_WRONLY)
+                    try:
+                        os.pwrite(fd, memoryview(np.ascontiguousarray(arr).reshape(-1)).cast("B"),
+                                  NpyAppender.HEADER_BYTES + at * row_bytes)
+                    finally:
+                        os.close(fd)
     for name in z:
         os.remove(f"{cache_file}.{name}.npy")
 
@@ -761,6 +1044,14 @@ def _keep_freed_memory() -> None:
 def _init_worker() -> None:
     pa.set_cpu_count(1)  # one process per core already
     _keep_freed_memory()
+    # the staging lock means "the driver is alive": after a kill -9 of the driver, orphaned
+    # workers (which exit at their next read of the task pipe) must not keep it looking alive
+    for fd in list(_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _LOCK_FDS.clear()
 
 
 def _call(args: tuple[Callable[[Job, Any], Any], Job, Any]) -> Any:
@@ -825,8 +1116,9 @@ class NpyAppender:
         self.dtype = np.dtype(dtype)
         self.row_shape = row_shape
         self.rows = 0
-        self.fh = open(path, "wb")
-        self.fh.write(self._header(0))
+        with _writing(path):
+            self.fh = open(path, "wb")
+            self.fh.write(self._header(0))
 
     def _header(self, rows: int) -> bytes:
         d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
@@ -841,11 +1133,16 @@ class NpyAppender:
         assert rows.shape[1:] == self.row_shape, (rows.shape, self.row_shape)
         arr = np.ascontiguousarray(rows, dtype=self.dtype)
         if arr.size:
-            self.fh.write(memoryview(arr.reshape(-1)).cast("B"))  # no tobytes copy
+            with _writing(self.path):
+                self.fh.write(memoryview(arr.reshape(-1)).cast("B"))  # no tobytes copy
         self.rows += rows.shape[0]
 
     def append_raw(self, src_fd: int, offset: int, nbytes: int, rows: int) -> None:
         """Appends ``rows`` rows stored as raw bytes at ``offset`` of the file ``src_fd``."""
+        with _writing(self.path):
+            self._append_raw(src_fd, offset, nbytes, rows)
+
+    def _append_raw(self, src_fd: int, offset: int, nbytes: int, rows: int) -> None:
         self.fh.flush()
         dst = self.fh.fileno()
         at = self.HEADER_BYTES + self.rows * int(np.prod(self.row_shape)) * self.dtype.itemsize
@@ -856,16 +1153,22 @@ class NpyAppender:
                 if got == 0:
                     raise OSError("copy_file_range copied nothing")
                 done += got
-        except OSError:  # a filesystem or kernel without it: through user space
+        except OSError:  # a filesystem or kernel without it (or a full disk): through user space
             os.lseek(dst, at + done, os.SEEK_SET)
-            os.write(dst, os.pread(src_fd, nbytes - done, offset + done))
+            chunk = os.pread(src_fd, nbytes - done, offset + done)
+            while chunk:  # os.write may write less than asked
+                chunk = chunk[os.write(dst, chunk):]
         self.fh.seek(at + nbytes)
         self.rows += rows
 
     def close(self) -> None:
-        self.fh.seek(0)
-        self.fh.write(self._header(self.rows))
-        self.fh.close()
+        """Writes the true header and closes; the file is closed even when that fails."""
+        with _writing(self.path):
+            try:
+                self.fh.seek(0)
+                self.fh.write(self._header(self.rows))
+            finally:
+                self.fh.close()  # flushes; if the flush fails the descriptor is still closed
 
 
 class SplitWriter:
@@ -908,27 +1211,279 @@ class SplitWriter:
         """Sizes every file for ``rows`` rows (zeros) so that workers can fill them in place."""
         for f in self.files.values():
             split = f.path.name.split("_", 1)[0]
-            f.fh.truncate(NpyAppender.HEADER_BYTES + rows[split] * int(np.prod(f.row_shape)) * f.dtype.itemsize)
-            f.rows = rows[split]
-            f.fh.seek(0)
-            f.fh.write(f._header(f.rows))
-            f.fh.flush()
+            with _writing(f.path):
+                f.fh.truncate(NpyAppender.HEADER_BYTES + rows[split] * int(np.prod(f.row_shape)) * f.dtype.itemsize)
+                f.rows = rows[split]
+                f.fh.seek(0)
+                f.fh.write(f._header(f.rows))
+                f.fh.flush()
 
     def rows(self) -> dict[str, int]:
         return {s: self.files[(s, "labels")].rows for s in SPLITS}
 
-    def commit(self) -> None:
-        """Closes all files, then renames each to its final name (meta.json comes after)."""
+    def _close_all(self) -> list[OSError]:
+        """Closes every file, whatever fails: a full disk fails each close (its header and
+        buffer are written then), and stopping at the first one leaked the others."""
+        errors = []
         for f in self.files.values():
-            f.close()
+            if f.fh.closed:
+                continue
+            try:
+                f.close()
+            except OSError as e:
+                errors.append(e)
+        return errors
+
+    def commit(self) -> None:
+        """Closes all files, then renames each to its final name (meta.json comes after).
+
+        Raises one OSError for all the files that failed to close: the first one's errno
+        and file, and how many failed."""
+        errors = self._close_all()
+        if errors:
+            e = errors[0]
+            more = f" (and {len(errors) - 1} more of the {len(self.files)} output files)" if len(errors) > 1 else ""
+            raise OSError(e.errno, f"{e.strerror or one_line(e)}{more}", e.filename)
         for (s, kind), f in self.files.items():
             f.path.replace(self.out / f"{s}_{kind}.npy")
 
-    def abort(self) -> None:
+    def abort(self) -> list[OSError]:
+        """Closes and deletes every file (a failed run); returns the close errors, which only
+        repeat the error that stopped the run."""
+        errors = self._close_all()
         for f in self.files.values():
-            if not f.fh.closed:
-                f.fh.close()
-            f.path.unlink(missing_ok=True)
+            try:
+                f.path.unlink(missing_ok=True)
+            except OSError as e:
+                errors.append(e)
+        return errors
+
+
+# ----------------------------------------------------------------------------- output staging
+
+STAGING_INFIX = ".convert-"  # staging dir of output <parent>/<name>: <parent>/.<name>.convert-<pid>-<hex>
+OWNER_FILE = ".owner"  # in a staging dir: the owner's pid, flock'ed by it for as long as it runs
+PREVIOUS = ".previous"  # two-rename swap: the old conversion, parked inside the new one for a moment
+KINDS = ("dense", "sparse", "labels")
+OUTPUT_NAMES = frozenset([META_FILE] + [f"{s}_{k}.npy" for s in SPLITS for k in KINDS])
+# the converter's scratch names; in an output dir only leftovers of a killed run (or of older versions)
+SCRATCH_NAMES = frozenset([".convert_cache", OWNER_FILE, PREVIOUS] + [f"{n}.tmp" for n in OUTPUT_NAMES
+                                                                       if n != META_FILE])
+_ACTIVE_STAGING: set[str] = set()  # staging dirs this process is converting into right now
+_LOCK_FDS: set[int] = set()  # their lock descriptors: forked pool workers close their copies
+
+
+def _owned(name: str) -> bool:
+    """Whether an output-dir entry is the converter's (replaced by a new conversion) or the user's
+    (kept: moved into the new conversion)."""
+    return name in OUTPUT_NAMES or name in SCRATCH_NAMES
+
+
+@dataclass
+class Staging:
+    """Where a run writes: ``dir`` beside the output ``out`` (a real path), locked by ``lock_fd``."""
+
+    out: Path
+    dir: Path
+    lock_fd: int | None
+
+
+def _staging_pid(d: Path, out: Path) -> int | None:
+    m = re.fullmatch(re.escape(f".{out.name}{STAGING_INFIX}") + r"(\d+)-[0-9a-f]+", d.name)
+    return int(m.group(1)) if m else None
+
+
+def _staging_alive(d: Path, pid: int) -> bool:
+    """Whether the run that made staging dir ``d`` still runs: its flock on ``.owner`` (survives
+    pid reuse), else its pid (before ``.owner`` exists, or while a swap has removed it)."""
+    if fcntl is not None:
+        try:
+            fd = os.open(d / OWNER_FILE, os.O_RDWR)
+        except FileNotFoundError:
+            fd = -1
+        except OSError:
+            return True  # cannot tell: leave it alone
+        if fd >= 0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return False
+            except OSError:
+                return True
+            finally:
+                os.close(fd)  # releases the lock we may have taken
+    if pid == os.getpid():
+        return str(d) in _ACTIVE_STAGING
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _recover(d: Path, out: Path) -> None:
+    """Removes the staging dir ``d`` of a dead run, first putting back what belongs to ``out``.
+
+    A run killed between the two renames of the fallback swap left the old conversion at
+    ``d/.previous`` and no ``out``: it goes back.  A run killed while moving the user's
+    files into ``d`` (just before the swap) left some there: they go back too.  After a
+    completed swap ``d`` holds only the old conversion's own files, which are deleted.
+    """
+    prev = d / PREVIOUS
+    if prev.is_dir() and not out.exists():
+        for e in list(d.iterdir()):
+            if not _owned(e.name) and not (prev / e.name).exists():
+                os.rename(e, prev / e.name)
+        os.rename(prev, out)
+    elif out.is_dir():
+        for e in list(d.iterdir()):
+            if not _owned(e.name) and not os.path.lexists(out / e.name):
+                os.rename(e, out / e.name)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def open_staging(output: str) -> Staging:
+    """Checks the output path, cleans up after killed runs, and makes this run's staging dir.
+
+    Raises ``InputError`` (before any work) for a path that is or lies below a file, a
+    mount point (which cannot be swapped), an unwritable parent, or an output another
+    live run is converting into.
+    """
+    if not output:
+        raise InputError("--output is empty")
+    out = Path(os.path.realpath(output))  # a symlinked output: convert into (and swap) its target
+    for p in (out, *out.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                if p == out:
+                    raise InputError(f"{output}: is a file, not a directory")
+                raise InputError(f"{p}: is a file, not a directory (in --output {output})")
+            break
+    if out.exists() and os.path.ismount(out):
+        raise InputError(f"{output}: is a mount point; the converter swaps the whole output directory, "
+                         "so give a directory inside it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{e.filename or out.parent}: cannot create ({e.strerror or one_line(e)})") from None
+    live = []
+    for d in out.parent.glob(f".{glob_escape(out.name)}{STAGING_INFIX}*"):
+        pid = _staging_pid(d, out)
+        if pid is None or not d.is_dir() or d.is_symlink():
+            continue
+        if _staging_alive(d, pid):
+            live.append((d, pid))
+            continue
+        try:
+            _recover(d, out)
+        except OSError:  # cannot repair it now (permissions?): never fatal, the next run tries again
+            pass
+    if live:
+        d, pid = live[0]
+        raise InputError(f"{output}: another conversion into it is running (pid {pid}, writing {d}); "
+                         "wait for it to finish or stop it")
+    if out.is_dir():  # leftovers in the output itself: a killed fallback swap, or older converter versions
+        for name in SCRATCH_NAMES:
+            q = out / name
+            if q.is_dir() and not q.is_symlink():
+                shutil.rmtree(q, ignore_errors=True)
+            elif q.exists() or q.is_symlink():
+                q.unlink(missing_ok=True)
+    d = out.parent / f".{out.name}{STAGING_INFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        os.mkdir(d)
+    except OSError as e:
+        raise InputError(f"{out.parent}: cannot create the staging directory {d.name} "
+                         f"({e.strerror or one_line(e)}); the converter writes the new conversion beside "
+                         f"{output} and swaps it in when complete") from None
+    _ACTIVE_STAGING.add(str(d))
+    lock_fd = None
+    try:
+        lock_fd = os.open(d / OWNER_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+        _LOCK_FDS.add(lock_fd)
+        os.write(lock_fd, f"{os.getpid()}\n".encode())
+        if fcntl is not None:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    except OSError as e:
+        close_staging(Staging(out, d, lock_fd), discard=True)
+        raise InputError(f"{d}: cannot write ({e.strerror or one_line(e)})") from None
+    return Staging(out, d, lock_fd)
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob metacharacters escaped (an output dir may be called ``run[1]``)."""
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swaps the paths ``a`` and ``b`` (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False where that is not available (other systems, old kernels or C libraries,
+    filesystems without it); raises OSError on a real failure."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def swap_in(st: Staging) -> None:
+    """Makes the complete conversion in ``st.dir`` the output, in one rename.
+
+    An existing output dir is exchanged with the staging dir (atomic: a reader sees the
+    old or the new conversion, never a mix and never none), then deleted.  Its entries
+    that are not the converter's are first moved into the new conversion, and its mode
+    bits carried over.  On any failure before the swap, the moved entries go back.
+    """
+    (st.dir / OWNER_FILE).unlink(missing_ok=True)  # not part of the output; our fd keeps the lock
+    if not st.out.is_dir():
+        os.rename(st.dir, st.out)
+        return
+    moved: list[str] = []
+    try:
+        for e in list(os.scandir(st.out)):
+            if not _owned(e.name):
+                os.rename(e.path, st.dir / e.name)
+                moved.append(e.name)
+        os.chmod(st.dir, stat.S_IMODE(os.stat(st.out).st_mode))
+        if _exchange(st.dir, st.out):
+            old = st.dir
+        else:  # two renames; a run killed between them is repaired by the next one (_recover)
+            os.rename(st.out, st.dir / PREVIOUS)
+            try:
+                os.rename(st.dir, st.out)
+            except BaseException:
+                os.rename(st.dir / PREVIOUS, st.out)
+                raise
+            old = st.out / PREVIOUS
+    except BaseException:
+        for name in moved:
+            if not os.path.lexists(st.out / name):
+                os.rename(st.dir / name, st.out / name)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def close_staging(st: Staging, discard: bool) -> None:
+    """Releases the staging lock; ``discard`` deletes the staging dir (a failed run)."""
+    if discard:
+        shutil.rmtree(st.dir, ignore_errors=True)
+    _ACTIVE_STAGING.discard(str(st.dir))
+    if st.lock_fd is not None:
+        _LOCK_FDS.discard(st.lock_fd)
+        os.close(st.lock_fd)
+        st.lock_fd = None
 
 
 # ----------------------------------------------------------------------------- driver
@@ -952,9 +1507,10 @@ class BadRowLog:
             if len(self.examples) < MAX_REPORTED:
                 self.examples.append(f"{s.task.path}:{base + line}: {why}")
 
-    def check(self, max_fraction: float) -> None:
+    def check(self, max_fraction: float, files: list[str] | None = None) -> None:
         if self.rows == 0:
-            raise InputError("no rows read from the input files")
+            shown = ", ".join((files or [])[:3]) + (f" and {len(files) - 3} more" if files and len(files) > 3 else "")
+            raise InputError(f"{shown or 'the input files'}: no data rows (only blank lines or a header)")
         frac = self.bad / self.rows
         if frac > max_fraction:
             raise InputError(
@@ -1036,8 +1592,18 @@ class _Counter:
         return self.parts
 
 
-def convert(cfg: ConvertConfig, log: Callable[[str], None] = print) -> Schema:
-    """Runs the whole conversion; returns the written schema.  Raises InputError on bad input."""
+MAX_HASH = 2**31  # ids are int32: --hash N gives ids 0..N-1
+
+
+def check_config(cfg: ConvertConfig) -> tuple[RawFormat, int, tuple[float, float, float]]:
+    """Refuses every bad flag with one line, before any file is read or written.
+
+    Returns (format, min_count, split fractions).  Why all here and not in argparse:
+    ``convert`` is also called as a library, and a flag that only fails mid-run (a
+    negative ``--seed`` in numpy's RNG) or silently misbehaves (``--workers 0``,
+    ``--max-bad-fraction -1`` shown as "-100%", ``--hash 3000000000`` overflowing int32
+    ids) must be refused the same way from both.
+    """
     if cfg.dataset not in FORMATS:
         raise InputError(f"unknown dataset {cfg.dataset!r}; choose from {', '.join(FORMATS)}")
     fmt = FORMATS[cfg.dataset]
@@ -1045,21 +1611,79 @@ def convert(cfg: ConvertConfig, log: Callable[[str], None] = print) -> Schema:
         raise InputError(f"--numeric must be discretize or dense, got {cfg.numeric!r}")
     if cfg.numeric == "dense" and not any(c.kind == "num" for c in fmt.columns):
         raise InputError(f"--numeric dense: {fmt.name} has no numeric features")
-    if cfg.hash_size is not None and cfg.hash_size < 1:
-        raise InputError(f"--hash must be >= 1, got {cfg.hash_size}")
+    if cfg.hash_size is not None and cfg.min_count is not None:
+        raise InputError("give --min-count or --hash, not both")
+    if cfg.hash_size is not None and not 1 <= cfg.hash_size <= MAX_HASH:
+        raise InputError(f"--hash must be in 1..{MAX_HASH} (ids are int32), got {cfg.hash_size}")
+    if cfg.min_count is not None and cfg.min_count < 1:
+        raise InputError(f"--min-count must be >= 1 (values seen fewer times in train get the OOV id 0), "
+                         f"got {cfg.min_count}")
+    if cfg.workers < 1:
+        raise InputError(f"--workers must be >= 1, got {cfg.workers}")
+    if not (math.isfinite(cfg.chunk_mb) and cfg.chunk_mb > 0):
+        raise InputError(f"--chunk-mb must be a positive number of megabytes, got {cfg.chunk_mb}")
+    if not 0.0 <= cfg.max_bad_fraction <= 1.0:  # NaN fails too
+        raise InputError(f"--max-bad-fraction must be a fraction in [0, 1], got {cfg.max_bad_fraction}")
+    if cfg.seed < 0:
+        raise InputError(f"--seed must be >= 0, got {cfg.seed}")
+    fracs = tuple(float(x) for x in cfg.split)
+    if len(fracs) != 3 or not all(math.isfinite(x) and x >= 0 for x in fracs) or abs(sum(fracs) - 1.0) > 1e-6:
+        raise InputError(f"--split must be three non-negative fractions summing to 1, got {cfg.split}")
+    if cfg.hash_size is None and (not cfg.split_files and fracs[0] == 0 or cfg.split_files and
+                                  not cfg.split_files.get("train")):
+        raise InputError("no train rows to count the vocabularies on (give train a share of --split or "
+                         "--train files, or use --hash N)")
+    if cfg.split_files and (set(cfg.split_files) - set(SPLITS)):
+        raise InputError(f"unknown splits {sorted(set(cfg.split_files) - set(SPLITS))}; use {', '.join(SPLITS)}")
     min_count = fmt.default_min_count if cfg.min_count is None else cfg.min_count
+    return fmt, min_count, fracs  # type: ignore[return-value]
+
+
+def _os_error_line(e: OSError, st: Staging, output: str) -> str:
+    """One line for an OSError of a run: a write into the staging dir is reported against the
+    output (it is what the user named) and says the output was kept; a read names its file."""
+    what = e.strerror or one_line(e)
+    name = str(e.filename) if e.filename is not None else None
+    if name is None:
+        return f"{output}: {what}; {output} left as it was"
+    if name.startswith(str(st.dir)):
+        rel = os.path.relpath(name, st.dir)
+        return f"{output}: cannot write {rel}: {what}; {output} left as it was"
+    return f"{name}: {what}"
+
+
+def convert(cfg: ConvertConfig, log: Callable[[str], None] = print) -> Schema:
+    """Runs the whole conversion; returns the written schema.  Raises InputError on bad input.
+
+    Flags, inputs and the output path are checked before any work; the conversion is
+    written to a staging dir and swapped in only when complete (see "Atomic" above), so
+    the previous output is left as it was by every failure.
+    """
+    fmt, min_count, fracs = check_config(cfg)
     files, file_splits = _resolve_files(cfg)
     check_inputs(fmt, files)
-    fracs = tuple(float(x) for x in cfg.split)
-    if len(fracs) != 3 or min(fracs) < 0 or abs(sum(fracs) - 1.0) > 1e-6:
-        raise InputError(f"--split must be three non-negative fractions summing to 1, got {cfg.split}")
+    st = open_staging(cfg.output)
+    ok = False
+    try:
+        schema, rows, elapsed = _convert_into(st.dir, cfg, fmt, files, file_splits, min_count, fracs, log)
+        swap_in(st)
+        ok = True
+    except OSError as e:
+        raise InputError(_os_error_line(e, st, cfg.output)) from None
+    finally:
+        close_staging(st, discard=not ok)
+    log(f"{fmt.name}: {sum(rows.values())} rows -> {cfg.output} ({', '.join(f'{s}={n}' for s, n in rows.items())}) "
+        f"in {elapsed:.1f}s ({sum(rows.values()) / max(elapsed, 1e-9):,.0f} rows/s)")
+    return schema
 
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / META_FILE).unlink(missing_ok=True)  # never leave an old meta.json beside new arrays
+
+def _convert_into(
+    out: Path, cfg: ConvertConfig, fmt: RawFormat, files: list[str], file_splits: list[int], min_count: int,
+    fracs: tuple[float, float, float], log: Callable[[str], None],
+) -> tuple[Schema, dict[str, int], float]:
+    """The conversion proper, written into the (staging) dir ``out``: (schema, rows per split, seconds)."""
     sparse_names, dense_names = fmt.feature_names(cfg.numeric)
     cache_dir = out / ".convert_cache"
-    shutil.rmtree(cache_dir, ignore_errors=True)
     cache_dir.mkdir()
     cpu0 = time.process_time()
     engine, load_seconds = resolve_engine(cfg.engine, fmt.name, log=log)
@@ -1087,7 +1711,7 @@ def convert(cfg: ConvertConfig, log: Callable[[str], None] = print) -> Schema:
                     writer.append(res.parts)
                 bar.update(res.stats.n_bytes)
             bar.close()
-            bad.check(cfg.max_bad_fraction)
+            bad.check(cfg.max_bad_fraction, files)
             sizes = [cfg.hash_size] * len(sparse_names)
             phases["hash_pass"] = time.perf_counter() - t0
         else:
@@ -1101,12 +1725,13 @@ def convert(cfg: ConvertConfig, log: Callable[[str], None] = print) -> Schema:
                 split_rows = [a + b for a, b in zip(split_rows, r.split_rows)]
                 bar.update(r.stats.n_bytes)
             bar.close()
-            bad.check(cfg.max_bad_fraction)
+            bad.check(cfg.max_bad_fraction, files)
             phases["count_pass"] = time.perf_counter() - t0
             vocab, sizes = _build_vocab(counter.final(), min_count, job.engine, pool)
             vocab_path = str(cache_dir / "vocab.npz")
-            np.savez(vocab_path, **{f"keys{f}": k for f, (k, _) in enumerate(vocab)},
-                     **{f"ids{f}": i for f, (_, i) in enumerate(vocab)})
+            with _writing(vocab_path):
+                np.savez(vocab_path, **{f"keys{f}": k for f, (k, _) in enumerate(vocab)},
+                         **{f"ids{f}": i for f, (_, i) in enumerate(vocab)})
             del vocab, counter
             job2 = replace(job, vocab_path=vocab_path)
             writer.preallocate(dict(zip(SPLITS, split_rows)))
@@ -1117,6 +1742,12 @@ def convert(cfg: ConvertConfig, log: Callable[[str], None] = print) -> Schema:
             phases["map_pass"] = time.perf_counter() - t0 - phases["count_pass"] - phases["vocabulary"]
         rows = writer.rows()
         writer.commit()
+    except ChunkFault as e:  # chunks come in order: every line before this chunk is counted
+        if pool is not None:
+            pool.terminate()
+        writer.abort()
+        line = bad.lines_before.get(e.file_idx, 0) + e.line
+        raise InputError(f"{files[e.file_idx]}:{line}: {e.what}", exit_code=1) from None
     except BaseException:
         if pool is not None:
             pool.terminate()
@@ -1169,10 +1800,9 @@ def convert(cfg: ConvertConfig, log: Callable[[str], None] = print) -> Schema:
         splits=rows,
         preprocessing=preprocessing,
     )
-    schema.save(out)
-    log(f"{fmt.name}: {sum(rows.values())} rows -> {out} ({', '.join(f'{s}={n}' for s, n in rows.items())}) "
-        f"in {elapsed:.1f}s ({sum(rows.values()) / max(elapsed, 1e-9):,.0f} rows/s)")
-    return schema
+    with _writing(out / META_FILE):
+        schema.save(out)
+    return schema, rows, elapsed
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -1226,9 +1856,27 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(BaseException):
+    """SIGTERM in a CLI run: unwinds like Ctrl-C, so the staging dir is removed (``kill -9``
+    cannot be caught; the next run removes what it leaves)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main(dataset: str, argv: list[str] | None = None) -> int:
-    """CLI entry: one-line errors, exit code 2 for unusable input, 1 for too many bad rows."""
-    args = build_parser(dataset).parse_args(argv)
+    """CLI entry: one-line errors; exit code 2 for unusable flags, input or output, 1 when the
+    data fails a check during the run (too many bad rows), 130/143 when interrupted/terminated.
+    Whatever fails, the previous conversion in --output is left as it was."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    fixed: list[str] = []
+    while given:  # "--split -0.1,0.6,0.5": argparse would take the value for a flag; say what is wrong
+        a = given.pop(0)
+        if a == "--split" and given and re.match(r"-[0-9.]", given[0]):
+            a = f"--split={given.pop(0)}"
+        fixed.append(a)
+    args = build_parser(dataset).parse_args(fixed)
     prog = f"{dataset}_to_npy"
     explicit = {s: getattr(args, s) for s in SPLITS if getattr(args, s)}
     if args.input and explicit:
@@ -1247,18 +1895,26 @@ def main(dataset: str, argv: list[str] | None = None) -> int:
         engine=args.engine,
     )
     _keep_freed_memory()  # this process is ours alone (a CLI run): the in-process worker gains too
+    in_main = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         convert(cfg, log=lambda s: print(s, file=sys.stderr))
     except InputError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; no meta.json written", file=sys.stderr)
+        print(f"{prog}: interrupted; {args.output} left as it was", file=sys.stderr)
         return 130
-    except OSError as e:  # unwritable output dir, disk full, file vanished mid-run
-        print(f"{prog}: error: {e.filename or args.output}: {e.strerror or e}", file=sys.stderr)
+    except Terminated:
+        print(f"{prog}: terminated; {args.output} left as it was", file=sys.stderr)
+        return 143
+    except OSError as e:  # outside the run proper (convert names the files of the run's own errors)
+        print(f"{prog}: error: {e.filename or args.output}: {e.strerror or one_line(e)}", file=sys.stderr)
         return 2
     except pa.ArrowException as e:  # a parse failure we did not anticipate: still one line
-        print(f"{prog}: error: cannot parse input: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"{prog}: error: cannot parse input: {one_line(str(e).splitlines()[0])}", file=sys.stderr)
         return 2
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, old_term)
     return 0

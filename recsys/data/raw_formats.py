@@ -10,7 +10,8 @@ scanner in ``recsys.data.fast_parse``, which reproduces these keys bit for bit.)
 
 Kinds:
   * ``cat``   opaque string -> stable 64-bit hash (empty string is its own value)
-  * ``int``   integer id; ``"7"`` and ``"7.0"`` are the same value; non-numeric -> bad row
+  * ``int``   integer id; ``"7"`` and ``"7.0"`` are the same value; non-numeric, fractional or
+              from +-2^53 on (where float64 stops being exact) -> bad row
   * ``num``   Criteo integer feature: ``--numeric discretize`` gives the paper's token
               (v > 2 -> floor(ln(v)^2), else v; empty is its own token),
               ``--numeric dense`` gives the float log(1 + max(v, 0)) (empty -> 0)
@@ -33,6 +34,7 @@ _P = 0x100000001B3  # FNV prime: odd, so invertible mod 2^64
 _P_INV = pow(_P, -1, 1 << 64)
 TAG_NUM = np.uint64(0x6E756D65726963)  # "numeric": keeps numeric tokens apart from string hashes
 EMPTY_KEY = np.uint64(0xE3B0C44298FC1C14)  # key of an empty numeric value (its own token)
+MAX_EXACT_INT = float(2**53)  # |integer ids| from this on are not exact in float64: bad rows
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -243,8 +245,12 @@ def transform_column(col: Column, values: pa.Array, numeric: str) -> ColumnResul
         bad = bad | empty | (v < 0)
         return ColumnResult([], None, (v > 0).astype(np.float32), bad, f"bad {col.name} (label) value")
     if col.kind == "int":
-        bad = bad | empty | (v != np.trunc(v))
-        return ColumnResult([int_keys(v)], None, None, bad, f"non-integer {col.name} value")
+        # from 2^53 on a float64 is no exact integer: "9007199254740993" parses to 2^53 and would
+        # silently share its id, and beyond 2^63 every value would share INT64_MIN's; bad rows
+        # instead (any integer text below 2^53 is exact, any at or above it rounds to >= 2^53)
+        bad = bad | empty | (v != np.trunc(v)) | (np.abs(v) >= MAX_EXACT_INT)
+        return ColumnResult([int_keys(np.where(bad, 0.0, v))], None, None, bad,
+                            f"non-integer or out-of-range {col.name} value")
     if col.kind == "num":
         reason = f"non-numeric {col.name} value"
         if numeric == "dense":
