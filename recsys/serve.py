@@ -53,7 +53,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import numpy as np
 import torch
@@ -120,14 +120,14 @@ def _worker(conn: Connection, config: str, overrides: list[str], checkpoint: str
             conn.send((_READY, "error", f"{type(e).__name__}: {one_line(e)}"))
         except OSError:
             pass
-        return
+        _quit(1)
     while True:
         try:
             msg = conn.recv()
         except (EOFError, OSError):  # the server is gone
-            return
+            _quit(0)
         if msg is None:
-            return
+            _quit(0)
         rid, dense, ids = msg
         try:
             if hook is not None:
@@ -138,7 +138,15 @@ def _worker(conn: Connection, config: str, overrides: list[str], checkpoint: str
         try:
             conn.send(reply)
         except OSError:
-            return
+            _quit(0)
+
+
+def _quit(code: int) -> NoReturn:
+    """End a worker at once: a normal interpreter exit tears torch down for ~3 s, which made
+    ``close()`` and every restart wait; a worker has nothing to flush but stdio."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _exchange(conn: Connection, buf: Any, rid: int | None) -> tuple[str, Any]:
@@ -372,6 +380,8 @@ class EnsembleServer:
         for s in self._slots:
             if s.state == "down":
                 raise ServeError(f"member {s.name} is down ({s.reason}); start a new server")
+            if s.courier is None:  # a restart interrupted (KeyboardInterrupt) between stop and spawn
+                self._spawn(s)
         starting = [s for s in self._slots if s.state == "starting"]
         if starting:
             failures = self._await_ready(starting)
