@@ -193,7 +193,7 @@ def spec_flops(spec: str, schema: Schema) -> int:
     """FLOPs per example of the member a spec builds (dense weights on the meta device)."""
     small = flops_schema(schema)
     with torch.device("meta"):
-        member = build_member(spec, small, "flops")
+        member = build_member(spec, small, "flops", materialize=False)
     return int(member.flops_per_example())
 
 

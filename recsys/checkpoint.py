@@ -368,8 +368,11 @@ def load_trained_group(cfg: Any, k: int, checkpoint_root: str | Path, which: str
         group, step = load_trained_group(load_config("configs/demo.toml"), 0, "checkpoints/demo")
     """
     from recsys.ensemble import GroupTrain, build_group
+    from recsys.models.blocks import materialize_embeddings
 
-    model = GroupTrain(build_group(cfg.members, cfg.member_names, cfg.groups[k], cfg.schema()))
+    # Tables allocated but not initialized: the checkpoint overwrites every value.
+    model = GroupTrain(build_group(cfg.members, cfg.member_names, cfg.groups[k], cfg.schema(), materialize=False))
+    materialize_embeddings(model, fill=False)
     ckpt = GroupCheckpointer(Path(checkpoint_root) / f"group{k}", None, group_rank=0)
     steps = ckpt.complete_steps()
     if not steps:

@@ -287,24 +287,34 @@ def plan_sharding_types(plan: ShardingPlan) -> dict[str, str]:
     }
 
 
-def _copy_weights(dmp: DistributedModelParallel, full: dict[str, torch.Tensor]) -> None:
-    """Loads the unsharded ``full`` state dict into the sharded module: each rank
-    copies its own slice of every table (the ShardedTensor's local shards)."""
+def _load_weights(dmp: DistributedModelParallel, full: dict[str, torch.Tensor], inits: dict[str, Any]) -> None:
+    """Gives the sharded module its initial values, touching only this rank's shards.
+
+    A key in ``full`` (a tensor the caller's module held on a real device) is copied: for a
+    table, each local shard takes its slice.  A table that was on ``meta`` has no values
+    anywhere: each local shard is filled from its ``TableInit`` (``inits``, by table name),
+    a pure function of (seed, table, row, column), so every plan and world size gives the
+    same numbers without any rank holding the whole table.
+    """
     state = dmp.state_dict()
-    missing = sorted(set(state) - set(full))
-    if missing:
-        raise KeyError(f"sharded module has keys the unsharded one lacks: {missing[:5]}")
     with torch.no_grad():
         for key, value in state.items():
-            src = full[key]
+            src = full.get(key)
             if isinstance(value, ShardedTensor):
+                table = key.split(".")[-2]  # ...embedding_bags.<table>.weight
+                if src is None and table not in inits:
+                    raise KeyError(f"{key}: no values and no TableInit for table {table!r}")
                 for shard in value.local_shards():
                     offsets = shard.metadata.shard_offsets
                     sizes = shard.metadata.shard_sizes
-                    index = tuple(slice(o, o + s) for o, s in zip(offsets, sizes))
-                    shard.tensor.copy_(src[index])
-            else:
+                    if src is not None:
+                        shard.tensor.copy_(src[tuple(slice(o, o + n) for o, n in zip(offsets, sizes))])
+                    else:
+                        inits[table].fill(shard.tensor, offsets[0], offsets[1])
+            elif src is not None:
                 value.copy_(src)
+            else:
+                raise KeyError(f"sharded module has a key the unsharded one lacks: {key}")
     dmp.load_state_dict(state)
 
 
@@ -317,9 +327,12 @@ def shard_module(
 ) -> DistributedModelParallel:
     """Shards every EBC inside ``module`` across the ranks of ``pg`` (None = world).
 
-    Keeps the module's existing (seeded) weights: the caller builds the unsharded
-    module on CPU with its seed, and afterwards the sharded module holds exactly
-    those values, so results do not depend on which ranks a group trained on.
+    Tables are born sharded: the caller builds the module with its embedding tables on
+    ``meta`` (``build_group(..., materialize=False)``), DMP allocates only this rank's
+    shards, and each shard is filled from its table's ``TableInit``, so no rank ever holds
+    a whole table and the values do not depend on the plan or the ranks.  Tables the
+    caller did materialize keep their values (each rank copies its slice).  Dense
+    parameters keep the caller's (seeded) values.
     ``module`` itself is consumed (DMP swaps its EBCs for sharded ones).  Every
     submodule with a ``set_process_group(pg)`` method gets the group's ``pg``.  Works on
     subgroups without global rank 0 (``recsys.torchrec_compat``).  Dense
@@ -335,7 +348,11 @@ def shard_module(
     assert group is not None, "call init_distributed() first"
     if group == dist.GroupMember.NON_GROUP_MEMBER:
         raise ValueError(f"rank {env.rank} is not a member of the process group it was asked to shard on")
-    full = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+    from recsys.models.blocks import table_inits
+
+    # Only what holds values: meta tables are filled per shard from their TableInit.
+    full = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items() if not v.is_meta}
+    inits = table_inits(module)
     dense_kernel = uses_dense_kernel(emb_opt, env.device)
     sharder = RowWiseEBCSharder(fused_params=None if dense_kernel else _fused_params(emb_opt))
     plan = build_plan(module, group, env.device, sharder, sharding, dense_kernel)
@@ -355,7 +372,7 @@ def shard_module(
         plan=plan,
         sharders=[sharder],  # type: ignore[list-item]
     )
-    _copy_weights(dmp, {k: v.to(env.device) for k, v in full.items()})
+    _load_weights(dmp, {k: v.to(env.device) for k, v in full.items()}, inits)
     return dmp
 
 

@@ -188,11 +188,13 @@ class GroupTrain(nn.Module):
 
 
 def build_group(
-    specs: Sequence[str], names: Sequence[str], indices: Sequence[int], schema: Schema
+    specs: Sequence[str], names: Sequence[str], indices: Sequence[int], schema: Schema, materialize: bool = True
 ) -> EnsembleGroup:
     """Builds the members ``indices`` (config order) of one group, each from its own seeded spec.
 
-    A member's weights depend only on its spec (``build_member`` forks the RNG),
-    so the same member is identical whichever group or schedule it lands in.
+    A member's weights depend only on its spec (``build_member`` forks the RNG; tables
+    come from per-block seeded ``TableInit``s), so the same member is identical whichever
+    group, schedule or sharding plan it lands in.  ``materialize=False`` keeps the
+    embedding tables on ``meta`` (training: DMP then allocates only local shards).
     """
-    return EnsembleGroup([build_member(specs[i], schema, names[i]) for i in indices])
+    return EnsembleGroup([build_member(specs[i], schema, names[i], materialize) for i in indices])

@@ -173,7 +173,7 @@ class GroupTrainer:
             )
         require_global_mean_gradients()
         schema = cfg.schema()  # meta.json, or [torchrec_criteo]'s day files
-        module = GroupTrain(build_group(cfg.members, cfg.member_names, run.members, schema))
+        module = GroupTrain(build_group(cfg.members, cfg.member_names, run.members, schema, materialize=False))
         emb_opt = cfg.embedding_optimizer.resolve(env.device.type)
         self.model = shard_module(module, run.pg, env, emb_opt, cfg.sharding.resolve())
         self.optimizer = make_optimizer(

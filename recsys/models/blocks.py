@@ -24,6 +24,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.schema import Schema
+from recsys.models.embedding_init import EMBEDDING_INITS, TableInit
 from recsys.models.spec import MemberConfig
 
 
@@ -34,19 +35,6 @@ def table_name(member: str, field: str) -> str:
     ``nn.ModuleDict`` keyed by table name, which refuses dots.
     """
     return f"{member}__{field}"
-
-
-EMBEDDING_INITS = ("normal", "xavier")
-
-
-def init_embedding_table(weight: torch.Tensor, scheme: str, std: float) -> None:
-    """Initializes one embedding table in place (see ``MemberConfig.embedding_init``)."""
-    if scheme == "normal":
-        nn.init.normal_(weight, std=std)
-    elif scheme == "xavier":
-        nn.init.xavier_uniform_(weight)
-    else:
-        raise ValueError(f"embedding_init must be one of {', '.join(EMBEDDING_INITS)}, got {scheme!r}")
 
 
 class MLP(nn.Module):
@@ -87,19 +75,31 @@ def make_ebc(
     member: str,
     schema: Schema,
     embedding_dim: int,
-    device: torch.device | None = None,
     num_sets: int | None = None,
     init: str = "xavier",  # as MemberConfig.embedding_init; "normal" draws N(0, init_std^2)
     init_std: float = 1e-4,
+    seed: int = 0,
 ) -> EmbeddingBagCollection:
-    """The member's own EBC: one table per field, named ``<member>__<field>``.
+    """The member's own EBC, on the ``meta`` device: one table per field, named ``<member>__<field>``.
+
+    No table memory is allocated here.  Each table's init is recorded in
+    ``ebc.table_inits`` (name -> ``TableInit``, a pure function of seed, table, row and
+    column); ``materialize_embeddings`` fills whole tables for one process, and
+    ``recsys.distributed.shard_module`` fills only each rank's shards.
 
     With ``num_sets=M`` (Multi-Embed, D-MoE) it holds M independent tables per
     field, named ``<member>__e{k}__<field>``, set-major, all in this ONE EBC so DMP
     shards them like any other member's.  Several tables then read the same KJT
     feature; EBC supports that and names the pooled outputs ``<field>@<table>``
     (``torchrec.modules.embedding_modules.get_embedding_names_by_table``).
+
+    Example::
+
+        ebc = make_ebc("m0", schema, 16, seed=3)        # meta: nothing allocated
+        materialize_embeddings(ebc)                     # [rows, 16] tables on CPU, seeded
     """
+    if init not in EMBEDDING_INITS:
+        raise ValueError(f"embedding_init must be one of {', '.join(EMBEDDING_INITS)}, got {init!r}")
     prefixes = [member] if num_sets is None else [f"{member}__e{k}" for k in range(num_sets)]
     tables = [
         EmbeddingBagConfig(
@@ -112,11 +112,35 @@ def make_ebc(
         for prefix in prefixes
         for f in schema.sparse_features
     ]
-    ebc = EmbeddingBagCollection(tables=tables, device=device or torch.device("cpu"))
-    if (device or torch.device("cpu")).type != "meta":
-        for table in ebc.embedding_bags.values():
-            init_embedding_table(table.weight.data, init, init_std)
+    ebc = EmbeddingBagCollection(tables=tables, device=torch.device("meta"))
+    ebc.table_inits = {  # type: ignore[assignment]
+        t.name: TableInit(t.name[len(member) + 2:], t.num_embeddings, t.embedding_dim, seed, init, init_std)
+        for t in tables
+    }
     return ebc
+
+
+def table_inits(module: nn.Module) -> dict[str, TableInit]:
+    """Every table's ``TableInit`` in every EBC made by ``make_ebc`` inside ``module``."""
+    out: dict[str, TableInit] = {}
+    for m in module.modules():
+        if isinstance(m, EmbeddingBagCollection):
+            out.update(getattr(m, "table_inits", {}))
+    return out
+
+
+def materialize_embeddings(module: nn.Module, device: torch.device | str = "cpu", fill: bool = True) -> None:
+    """Allocates every meta-device EBC inside ``module`` on ``device``, whole, and fills each
+    table from its ``TableInit`` (``fill=False`` leaves them uninitialized, for a checkpoint
+    load that overwrites them anyway).  For one process holding whole members: tests,
+    evaluation, serving.  Training shards instead (``recsys.distributed.shard_module``)."""
+    for m in module.modules():
+        if isinstance(m, EmbeddingBagCollection) and any(p.is_meta for p in m.parameters()):
+            m.to_empty(device=device)
+            if fill:
+                inits = getattr(m, "table_inits", {})
+                for name, bag in m.embedding_bags.items():
+                    inits[name].fill(bag.weight.data, 0)
 
 
 class SparseArch(nn.Module):
@@ -185,7 +209,8 @@ def member_arches(
         sparse_arch, dense_arch = member_arches("m0", schema, MemberConfig(embedding_dim=16))
         member = Member("m0", "ipnn", sparse_arch, interaction, over_arch, dense_arch)
     """
-    ebc = make_ebc(name, schema, cfg.embedding_dim, init=cfg.embedding_init, init_std=cfg.embedding_init_std)
+    ebc = make_ebc(name, schema, cfg.embedding_dim, init=cfg.embedding_init, init_std=cfg.embedding_init_std,
+                   seed=cfg.seed)
     sparse_arch = SparseArch(ebc, schema.sparse_names)
     dense_arch = DenseArch(schema.num_dense, cfg.embedding_dim) if schema.num_dense else None
     return sparse_arch, dense_arch

@@ -42,7 +42,7 @@ def build_fnn(cfg: FNNConfig, schema: Schema, name: str) -> Member:
         name=name,
         spec="fnn",
         sparse_arch=SparseArch(make_ebc(name, schema, cfg.embedding_dim, init=cfg.embedding_init,
-                                           init_std=cfg.embedding_init_std), schema.sparse_names),
+                                           init_std=cfg.embedding_init_std, seed=cfg.seed), schema.sparse_names),
         dense_arch=DenseArch(schema.num_dense, cfg.embedding_dim) if schema.num_dense else None,
         interaction=interaction,
         over_arch=OverArch(interaction.output_dim, cfg.mlp, cfg.dropout),

@@ -106,7 +106,7 @@ def build_multi_set_member(
     """Assembles a multi-set member: M tables per field in one EBC, one dense token
     per set, ``interaction`` ([B, M, T, D] -> [B, H]) and an MLP head on H."""
     ebc = make_ebc(name, schema, cfg.embedding_dim, num_sets=num_sets, init=cfg.embedding_init,
-                   init_std=cfg.embedding_init_std)
+                   init_std=cfg.embedding_init_std, seed=cfg.seed)
     return member_cls(
         name=name,
         spec=model,

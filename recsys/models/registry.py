@@ -7,7 +7,8 @@ from typing import Callable
 import torch
 
 from recsys.data.schema import Schema
-from recsys.models.blocks import EMBEDDING_INITS
+from recsys.models.blocks import materialize_embeddings
+from recsys.models.embedding_init import EMBEDDING_INITS
 from recsys.models.dcn import DCNConfig, build_dcn
 from recsys.models.dcnv2 import DCNv2Config, build_dcnv2
 from recsys.models.deepfm import DeepFMConfig, build_deepfm
@@ -44,12 +45,15 @@ MODELS: dict[str, ModelEntry] = {
 }
 
 
-def build_member(spec: str, schema: Schema, name: str | None = None) -> Member:
+def build_member(spec: str, schema: Schema, name: str | None = None, materialize: bool = True) -> Member:
     """Builds a member from a spec string; the spec's seed fully determines the init.
 
     The build runs under a forked RNG seeded with ``cfg.seed``, so building a
     member never disturbs the caller's RNG and the same spec always gives the
-    same weights.
+    same weights.  Its embedding tables are born on the ``meta`` device; with
+    ``materialize`` (the default) they are then allocated whole on CPU and filled from
+    their seeded ``TableInit``s.  ``materialize=False`` leaves them on meta, for
+    ``recsys.distributed.shard_module`` to allocate and fill only each rank's shards.
 
     Example::
 
@@ -67,5 +71,7 @@ def build_member(spec: str, schema: Schema, name: str | None = None) -> Member:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         member = MODELS[model].builder(cfg, schema, name)
+    if materialize:
+        materialize_embeddings(member)
     member.spec = spec
     return member

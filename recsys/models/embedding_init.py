@@ -1,0 +1,88 @@
+"""Embedding-table init as a pure function of (member seed, table, row, column).
+
+Why: tables are built on the ``meta`` device and DMP materializes only each rank's local
+shard, so no rank ever holds a whole table (a 196 GB table needs no 196 GB rank).  Then the
+values of a shard must not depend on who fills it: rows are generated in fixed blocks of
+``BLOCK_ROWS`` from a generator seeded by (seed, table key, block), and any row/column range
+is the slice of those blocks.  A table-, row- or column-wise shard on any world size, and the
+unsharded table of a single process, therefore hold bit-identical values, and a member's
+result does not depend on the sharding plan or the schedule.
+
+The table key is the table name without the member's prefix (``C1``, or ``e0__C1`` for
+Multi-Embed's sets), so a member's init depends on its spec's seed, not on the name the
+config gives it.
+
+Example::
+
+    init = TableInit(key="C1", num_embeddings=1000, dim=16, seed=3, scheme="xavier", std=1e-4)
+    w = init.values(0, 1000)               # [1000, 16], the whole table
+    shard = init.values(500, 1000, 8, 16)  # rows 500..999, columns 8..15: the same numbers
+    assert torch.equal(w[500:, 8:], shard)
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import torch
+
+BLOCK_ROWS = 4096  # rows per generator; fixed forever: changing it changes every init
+EMBEDDING_INITS = ("normal", "xavier")
+
+
+def _block_seed(seed: int, key: str, block: int) -> int:
+    """A stable 63-bit seed per (seed, table key, block): independent of Python's hash salt."""
+    digest = hashlib.blake2b(f"{seed}/{key}/{block}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+@dataclass(frozen=True)
+class TableInit:
+    """How one table is initialized: ``xavier`` (uniform, bound sqrt(6 / (rows + dim)), as
+    ``nn.init.xavier_uniform_`` on a [rows, dim] weight) or ``normal`` (N(0, std^2))."""
+
+    key: str
+    num_embeddings: int
+    dim: int
+    seed: int
+    scheme: str = "xavier"
+    std: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.scheme not in EMBEDDING_INITS:
+            raise ValueError(f"embedding_init must be one of {', '.join(EMBEDDING_INITS)}, got {self.scheme!r}")
+
+    def _block(self, b: int) -> torch.Tensor:
+        rows = min(BLOCK_ROWS, self.num_embeddings - b * BLOCK_ROWS)
+        g = torch.Generator().manual_seed(_block_seed(self.seed, self.key, b))
+        out = torch.empty(rows, self.dim, device="cpu")  # explicit: a meta device context must not apply
+        if self.scheme == "xavier":
+            bound = math.sqrt(6.0 / (self.num_embeddings + self.dim))
+            out.uniform_(-bound, bound, generator=g)
+        else:
+            out.normal_(0.0, self.std, generator=g)
+        return out
+
+    def values(self, row_start: int, row_stop: int, col_start: int = 0, col_stop: int | None = None) -> torch.Tensor:
+        """Rows [row_start, row_stop) x columns [col_start, col_stop) of the table: [rows, cols] f32."""
+        col_stop = self.dim if col_stop is None else col_stop
+        if not (0 <= row_start <= row_stop <= self.num_embeddings and 0 <= col_start <= col_stop <= self.dim):
+            raise ValueError(f"{self.key}: range [{row_start}:{row_stop}, {col_start}:{col_stop}] is outside "
+                             f"[{self.num_embeddings}, {self.dim}]")
+        out = torch.empty(row_stop - row_start, col_stop - col_start, device="cpu")
+        self.fill(out, row_start, col_start)
+        return out
+
+    def fill(self, out: torch.Tensor, row_start: int, col_start: int = 0) -> None:
+        """Writes the table's values at rows ``row_start + i`` and columns ``col_start + j`` into
+        ``out`` [rows, cols] (any device or float dtype), one generator block at a time, so the
+        memory beyond ``out`` is one block."""
+        rows, cols = out.shape
+        if rows == 0 or out.is_meta:  # a meta tensor has no values to write
+            return
+        with torch.no_grad():
+            for b in range(row_start // BLOCK_ROWS, (row_start + rows - 1) // BLOCK_ROWS + 1):
+                lo, hi = max(row_start, b * BLOCK_ROWS), min(row_start + rows, (b + 1) * BLOCK_ROWS)
+                block = self._block(b)[lo - b * BLOCK_ROWS: hi - b * BLOCK_ROWS, col_start:col_start + cols]
+                out[lo - row_start: hi - row_start].copy_(block)
