@@ -5,6 +5,14 @@ when TorchRec is upgraded (each function says what replaces it).  Nothing else
 in the project should know about these bugs: ``recsys.distributed`` calls
 ``plan_on_group`` and ``globalize_placements`` and nothing more.
 
+TorchRec 1.6.1 (the release for torch 2.11, which the lent GPU machines have; see
+docs/gpu.md) has the same bugs and needs the same workarounds, and no other API of
+it that this project uses differs: on torch 2.11 + fbgemm-gpu-cpu 1.6.0 + torchrec
+1.6.1 the suites that exercise TorchRec (test_torchrec_compat, test_distributed,
+test_models*, test_evaluate, test_ensemble, test_serve, test_train_group) pass
+unchanged.  So there is no version switch here; if one is ever needed, it lives
+here and nowhere else.
+
 The bugs (all reproduce with 4 gloo ranks and a subgroup {2, 3}; see
 ``tests/test_distributed.py::test_subgroup_without_rank0``):
 
