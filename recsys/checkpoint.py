@@ -222,8 +222,15 @@ class GroupCheckpointer:
                 shutil.rmtree(final)
             tmp.mkdir()
         self._barrier()
+        # One file per tensor, not one per rank: torch 2.13's DCP writer keeps every tensor it
+        # has written to a file alive until that file is closed (its safetensors dict is filled
+        # for every format), and it clones each table first (a table is a view into the kernel's
+        # one flat weight buffer).  One file per rank therefore held a full copy of the rank's
+        # tables for the whole save (measured: +2.1 GB peak RSS on a rank holding 2 GB of
+        # tables); one file per tensor holds at most one table's copy at a time.
         dcp.save(
             {"model": model.state_dict(), "optim": optimizer.state_dict()},
+            storage_writer=dcp.FileSystemWriter(str(tmp), single_file_per_rank=False),
             checkpoint_id=str(tmp),
             process_group=self.pg,
         )

@@ -120,6 +120,28 @@ class EmbeddingOptimizerSection:
 
 
 @dataclass
+class TopologySection:
+    """``[topology]``: each rank's memory, for the sharding planner (``recsys.plan``).
+
+    0 = detect: the GPU's memory on CUDA, this machine's RAM split over its local ranks on
+    CPU (TorchRec's defaults, 32 GB HBM / 128 GB DDR, are for someone else's machine).
+    ``uvm_caching_ratio`` (CUDA): the share of a UVM-cached table kept in HBM when the planner
+    puts a table in host memory (0 = TorchRec's default, 0.2).
+
+    Example::
+
+        [topology]
+        hbm_gb = 80
+        ddr_gb = 240
+    """
+
+    hbm_gb: float = 0.0
+    ddr_gb: float = 0.0
+    local_world_size: int = 0  # 0 = torchrun's LOCAL_WORLD_SIZE
+    uvm_caching_ratio: float = 0.0
+
+
+@dataclass
 class ShardingSection:
     sharding_type: str | None = None  # None / "auto" = the planner chooses
 
@@ -185,6 +207,7 @@ class ExperimentConfig:
     dense_optimizer: DenseOptimizerConfig = field(default_factory=DenseOptimizerConfig)
     embedding_optimizer: EmbeddingOptimizerSection = field(default_factory=EmbeddingOptimizerSection)
     sharding: ShardingSection = field(default_factory=ShardingSection)
+    topology: TopologySection = field(default_factory=TopologySection)
     torchrec_criteo: TorchRecCriteoSection | None = None  # set: data_dir is in TorchRec's day layout
     source: str = "<config>"  # the file it came from, for messages
 
@@ -248,6 +271,7 @@ _SECTIONS: dict[str, type] = {
     "dense_optimizer": DenseOptimizerConfig,
     "embedding_optimizer": EmbeddingOptimizerSection,
     "sharding": ShardingSection,
+    "topology": TopologySection,
 }
 _TOP = {f.name for f in dataclasses.fields(ExperimentConfig)} - set(_SECTIONS) - {"source"}
 _TORCHREC_DAY_KEYS = ("train_days", "val_days", "test_days")
@@ -434,6 +458,12 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>", check_data: 
     for k in ("eval_batch_size", "patience", "eval_interval", "checkpoint_interval", "max_steps_per_epoch"):
         if getattr(t, k) < 0:
             raise ConfigError(f"{source}: train.{k} must be >= 0, got {getattr(t, k)}")
+    topo = cfg.topology
+    for k in ("hbm_gb", "ddr_gb", "local_world_size"):
+        if getattr(topo, k) < 0:
+            raise ConfigError(f"{source}: topology.{k} must be >= 0 (0 = detect), got {getattr(topo, k)}")
+    if not 0 <= topo.uvm_caching_ratio <= 1:
+        raise ConfigError(f"{source}: topology.uvm_caching_ratio must be in [0, 1], got {topo.uvm_caching_ratio}")
     if t.log_every <= 0:
         raise ConfigError(f"{source}: train.log_every must be positive, got {t.log_every}")
     if not cfg.name or "/" in cfg.name:

@@ -233,27 +233,18 @@ def _ebc_tables(module: nn.Module) -> list[tuple[str, int]]:
     ]
 
 
-def build_plan(
-    module: nn.Module,
-    pg: dist.ProcessGroup,
-    device: torch.device,
-    sharder: ModuleSharder[nn.Module],
-    sharding: ShardingConfig,
-    dense_kernel: bool,
-) -> ShardingPlan:
-    """Plans all EBC tables of ``module`` over the ranks of ``pg`` (ranks group-local).
+def planner_constraints(
+    module: nn.Module, world: int, device: torch.device, sharder: ModuleSharder[nn.Module], sharding: ShardingConfig,
+    dense_kernel: bool, topology: Any = None,
+) -> dict[str, ParameterConstraints]:
+    """One ``ParameterConstraints`` per table: the sharding types allowed (a forced type, or
+    the sharder's), the kernels (``planner_compute_kernels``), column-wise's ``min_partition``
+    (dim / world, so each rank really holds a slice) and, on CUDA, the UVM cache ratio of a
+    ``recsys.plan.TopologySpec``."""
+    from torchrec.distributed.types import CacheParams
 
-    The planner gets a Topology for the group's size and this device type.  A forced
-    sharding type becomes a ``ParameterConstraints`` on every table; for column-wise,
-    ``min_partition`` is dim / group size so that each rank really holds a slice.
-    The kernels offered are ``planner_compute_kernels(device, dense_kernel)``; for the
-    dense-kernel path (Adam on CPU) its placements are kept and the kernel is
-    switched to ``dense`` -- what ``construct_module_sharding_plan(...,
-    compute_kernel="dense")`` would build, without re-deriving the placements.
-    """
-    world = pg.size()
-    local_world_size = min(world, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     types = [sharding.sharding_type] if sharding.sharding_type else sharder.sharding_types(device.type)
+    ratio = getattr(topology, "uvm_caching_ratio", None)
     constraints = {}
     for name, dim in _ebc_tables(module):
         min_partition = None
@@ -265,12 +256,49 @@ def build_plan(
             sharding_types=types,
             compute_kernels=planner_compute_kernels(device, dense_kernel),
             min_partition=min_partition,
+            cache_params=CacheParams(load_factor=ratio) if ratio and device.type == "cuda" else None,
         )
+    return constraints
+
+
+def build_plan(
+    module: nn.Module,
+    pg: dist.ProcessGroup,
+    device: torch.device,
+    sharder: ModuleSharder[nn.Module],
+    sharding: ShardingConfig,
+    dense_kernel: bool,
+    topology: Any = None,
+    group_index: int = 0,
+    optimizer: str = "rowwise_adagrad",
+) -> ShardingPlan:
+    """Plans all EBC tables of ``module`` over the ranks of ``pg`` (ranks group-local).
+
+    The planner gets the group's ``Topology`` with each rank's memory (``topology``, a
+    ``recsys.plan.TopologySpec``; None = detected for this device) and the constraints of
+    ``planner_constraints``.  A plan that cannot fit raises ``PlanDoesNotFit`` (one line:
+    the shortfall and the largest table) on every rank of the group, before any shard is
+    allocated (the tables are still on ``meta``).  For the dense-kernel path (Adam on CPU)
+    the planner's placements are kept and the kernel is switched to ``dense`` -- what
+    ``construct_module_sharding_plan(..., compute_kernel="dense")`` would build, without
+    re-deriving the placements.
+    """
+    from recsys.plan import PlanDoesNotFit, TopologySpec, _tables_of, does_not_fit_message
+
+    world = pg.size()
+    if topology is None:
+        local = min(world, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+        topology = TopologySpec(world_size=world, local_world_size=local, device=device.type)
     planner = EmbeddingShardingPlanner(
-        topology=Topology(world_size=world, local_world_size=local_world_size, compute_device=device.type),
-        constraints=constraints,
+        topology=topology.topology(),
+        constraints=planner_constraints(module, world, device, sharder, sharding, dense_kernel, topology),
     )
-    plan = torchrec_compat.plan_on_group(planner, module, [sharder], pg)
+    try:
+        plan = torchrec_compat.plan_on_group(planner, module, [sharder], pg)
+    except torchrec_compat.PlannerError as e:
+        msg = does_not_fit_message(group_index, _tables_of(module), optimizer, topology, sharding.sharding_type,
+                                   " ".join(str(e).split())[:200])
+        raise PlanDoesNotFit(msg, report_here=pg.rank() == 0) from None
     if dense_kernel:
         for module_plan in plan.plan.values():
             for param_sharding in module_plan.values():  # type: ignore[union-attr]
@@ -324,6 +352,8 @@ def shard_module(
     env: DistEnv,
     emb_opt: EmbeddingOptimizerConfig,
     sharding: ShardingConfig = ShardingConfig(),
+    topology: Any = None,
+    group_index: int = 0,
 ) -> DistributedModelParallel:
     """Shards every EBC inside ``module`` across the ranks of ``pg`` (None = world).
 
@@ -336,7 +366,9 @@ def shard_module(
     ``module`` itself is consumed (DMP swaps its EBCs for sharded ones).  Every
     submodule with a ``set_process_group(pg)`` method gets the group's ``pg``.  Works on
     subgroups without global rank 0 (``recsys.torchrec_compat``).  Dense
-    parameters are wrapped in DDP over ``pg``.
+    parameters are wrapped in DDP over ``pg``.  ``topology`` (a ``recsys.plan.TopologySpec``
+    for the group's ranks; None = detected) tells the planner each rank's memory; a plan that
+    does not fit raises ``recsys.plan.PlanDoesNotFit`` before any shard exists.
 
     Example::
 
@@ -355,7 +387,7 @@ def shard_module(
     inits = table_inits(module)
     dense_kernel = uses_dense_kernel(emb_opt, env.device)
     sharder = RowWiseEBCSharder(fused_params=None if dense_kernel else _fused_params(emb_opt))
-    plan = build_plan(module, group, env.device, sharder, sharding, dense_kernel)
+    plan = build_plan(module, group, env.device, sharder, sharding, dense_kernel, topology, group_index, emb_opt.name)
     # Modules with batch statistics over the group's ranks (D-MoE's de-correlation
     # term) must use this group, not the world: see recsys/models/dmoe.py.
     for m in module.modules():

@@ -37,6 +37,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.remote_device import _remote_device
 from torchrec.distributed.planner import EmbeddingShardingPlanner
+from torchrec.distributed.planner.types import PlannerError  # noqa: F401 - re-exported for recsys.plan
 from torchrec.distributed.types import EmbeddingModuleShardingPlan, ModuleSharder, ShardingPlan
 
 
@@ -51,12 +52,19 @@ def plan_on_group(
     The group's rank 0 plans; the plan is broadcast with a GROUP-local source.
     The planner is deterministic, but planning once and broadcasting keeps the
     ranks consistent even if it were not (this is what collective_plan intends).
+    A plan that cannot fit is broadcast as the planner's error text, so every rank of the
+    group raises ``PlannerError`` together instead of waiting on a broadcast that never comes.
     """
-    obj: list[ShardingPlan | None] = [None]
+    obj: list[ShardingPlan | str | None] = [None]
     if pg.rank() == 0:
-        obj[0] = planner.plan(module, sharders)
+        try:
+            obj[0] = planner.plan(module, sharders)
+        except PlannerError as e:
+            obj[0] = f"PlannerError: {e}"
     dist.broadcast_object_list(obj, group=pg, group_src=0)
     plan = obj[0]
+    if isinstance(plan, str):
+        raise PlannerError(plan)
     assert plan is not None
     return plan
 

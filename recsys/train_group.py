@@ -175,7 +175,11 @@ class GroupTrainer:
         schema = cfg.schema()  # meta.json, or [torchrec_criteo]'s day files
         module = GroupTrain(build_group(cfg.members, cfg.member_names, run.members, schema, materialize=False))
         emb_opt = cfg.embedding_optimizer.resolve(env.device.type)
-        self.model = shard_module(module, run.pg, env, emb_opt, cfg.sharding.resolve())
+        from recsys.plan import topology_from_config
+
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", run.group_world))  # torchrun's; read at the entry point
+        topo = topology_from_config(cfg, run.group_world, min(local, run.group_world), env.device.type)
+        self.model = shard_module(module, run.pg, env, emb_opt, cfg.sharding.resolve(), topo, run.index)
         self.optimizer = make_optimizer(
             self.model, cfg.dense_optimizer.lr, cfg.dense_optimizer.weight_decay, emb_opt=emb_opt
         )
