@@ -23,7 +23,7 @@
 #define GATHER_BLOCK 128 /* rows per block in rc_lookup_gather: 128 x 39 x 4 bytes of output fit L1 */
 #define TABLE 65536 /* non-negative integers below this use the precomputed key / log1p tables */
 
-enum { OK = 0, BAD_COLUMNS = 1, BAD_VALUE = 2 };
+enum { OK = 0, BAD_COLUMNS = 1, BAD_VALUE = 2, BAD_CR = 3 };
 
 #if defined(__GNUC__) || defined(__clang__)
 #define PREFETCH_ADDR(p) __builtin_prefetch(p)
@@ -171,6 +171,9 @@ int64_t rc_scan_criteo(const uint8_t *buf, int64_t n, int32_t dense_mode, int64_
             pos = nxt;
             continue;
         }
+        /* a CR left inside the line ends it for pyarrow's reader, not here: such a row is bad in both
+         * engines (BAD_CR).  The line's bytes are in L1 after the memchr above: ~nothing per row. */
+        const int has_cr = memchr(buf + pos, '\r', (size_t)(end - pos)) != NULL;
         if (r >= cap) return -1;
         lines[r] = line;
         int bad_col = -1, col = 0;
@@ -238,7 +241,10 @@ int64_t rc_scan_criteo(const uint8_t *buf, int64_t n, int32_t dense_mode, int64_
             if (i >= end) break;
             s = i + 1;
         }
-        if (col != CRITEO_COLUMNS) {
+        if (has_cr) {
+            status[r] = BAD_CR;
+            aux[r] = 0;
+        } else if (col != CRITEO_COLUMNS) {
             status[r] = BAD_COLUMNS;
             aux[r] = col;
         } else if (bad_col >= 0) {

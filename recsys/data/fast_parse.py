@@ -44,6 +44,7 @@ from recsys.data.raw_formats import EMPTY_KEY, TAG_NUM, _P, criteo_token, int_ke
 OK = 0
 BAD_COLUMNS = 1  # aux = the row's column count
 BAD_VALUE = 2  # aux = index of the first bad column (0 = label, 1..13 = I1..I13)
+BAD_CR = 3  # a carriage return inside the line (pyarrow's reader ends the line there); aux = 0
 
 CRITEO_COLUMNS = 40
 _NUM_INT = 13

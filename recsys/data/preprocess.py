@@ -354,7 +354,6 @@ class Parsed:
 
 
 CR_REASON = "carriage return inside the line"
-_BAD_CR = 3  # a row status beside fast_parse's OK / BAD_COLUMNS / BAD_VALUE, set here
 
 
 def _lone_cr_lines(data: bytes) -> np.ndarray:
@@ -363,8 +362,8 @@ def _lone_cr_lines(data: bytes) -> np.ndarray:
     Why: pyarrow's reader ends a line at a lone CR, the C scanner does not (it is part of
     a value there), so the engines split such a row differently, and arrow's row numbers
     stopped matching physical lines, shifting every later bad-row report.  Both engines
-    now reject these rows as bad, with this reason.  Costs a ``memchr`` per chunk; the
-    numpy pass runs only on chunks that hold a CR (CRLF files).
+    now reject these rows as bad, with this reason (the C scanner itself: ``BAD_CR``).
+    Costs a ``memchr`` per chunk; the numpy pass runs only on chunks that hold a CR.
     """
     if b"\r" not in data:
         return np.zeros(0, dtype=np.int64)
@@ -745,12 +744,9 @@ def scan_chunk(data: bytes, task: Task, split_fracs: tuple[float, ...], seed: in
 
     keys, dense, labels, status, aux, lines, n_lines = fp.scan_criteo(
         np.frombuffer(data, dtype=np.uint8), numeric == "dense")
-    cr_lines = _lone_cr_lines(data)
-    if cr_lines.size:  # rows split differently by arrow: bad in both engines, drawn no split
-        status[np.isin(lines, cr_lines)] = _BAD_CR
     ok = status == fp.OK
     n_ok = int(np.count_nonzero(ok))
-    colok = (status != fp.BAD_COLUMNS) & (status != _BAD_CR)
+    colok = (status != fp.BAD_COLUMNS) & (status != fp.BAD_CR)  # arrow draws no split for either
     split = _draw_split(int(np.count_nonzero(colok)), task, split_fracs, seed)
     if n_ok == status.size:
         good = np.arange(status.size, dtype=np.int64)
@@ -765,7 +761,7 @@ def scan_chunk(data: bytes, task: Task, split_fracs: tuple[float, ...], seed: in
         values = iter(_field_texts(data, [(int(lines[r]), int(aux[r])) for r in shown
                                           if status[r] == fp.BAD_VALUE], "\t"))
         for r in shown:
-            if status[r] == _BAD_CR:
+            if status[r] == fp.BAD_CR:
                 why = CR_REASON
             elif status[r] == fp.BAD_COLUMNS:
                 why = f"expected {fp.CRITEO_COLUMNS} columns, got {aux[r]}"
@@ -1042,6 +1038,10 @@ def _keep_freed_memory() -> None:
 
 
 def _init_worker() -> None:
+    # the CLI turns SIGTERM into an exception (to clean up); a forked worker must not inherit that:
+    # Pool.terminate() SIGTERMs its workers, and one busy in C code or blocked on the task queue's
+    # lock would never run the handler, so terminate() (after any failure mid-run) would hang
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     pa.set_cpu_count(1)  # one process per core already
     _keep_freed_memory()
     # the staging lock means "the driver is alive": after a kill -9 of the driver, orphaned
@@ -1079,6 +1079,9 @@ def make_pool(workers: int, engine: str) -> Any:
     return mp.get_context("fork").Pool(workers, initializer=_init_worker)
 
 
+DRAIN_SECONDS = 300.0  # after a failure, how long in-flight chunks may take before the pool is terminated
+
+
 def ordered_map(fn: Callable[[Job, Any], Any], items: Iterable[Any], job: Job, pool: Any, workers: int) -> Iterator[Any]:
     """fn(job, item) for each item, in order, on the pool (or here when pool is None).
 
@@ -1090,12 +1093,21 @@ def ordered_map(fn: Callable[[Job, Any], Any], items: Iterable[Any], job: Job, p
             yield fn(job, item)
         return
     pending: deque = deque()
-    for item in items:
-        pending.append(pool.apply_async(_call, ((fn, job, item),)))
-        if len(pending) >= 2 * workers:
+    try:
+        for item in items:
+            pending.append(pool.apply_async(_call, ((fn, job, item),)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
             yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
+    finally:
+        # Left early (bad input found mid-run, a failed chunk, Ctrl-C): the caller terminates the
+        # pool next.  Let the chunks in flight finish first: Pool.terminate() stops the result
+        # thread and then writes to the result pipe, so a worker still sending a large result
+        # (pass-1 counts: MBs) would hold the pipe's lock forever and terminate() would hang.
+        deadline = time.monotonic() + DRAIN_SECONDS
+        for r in pending:
+            r.wait(max(0.0, deadline - time.monotonic()))
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -1511,6 +1523,9 @@ class BadRowLog:
         if self.rows == 0:
             shown = ", ".join((files or [])[:3]) + (f" and {len(files) - 3} more" if files and len(files) > 3 else "")
             raise InputError(f"{shown or 'the input files'}: no data rows (only blank lines or a header)")
+        if self.bad == self.rows:  # even --max-bad-fraction 1 must not "succeed" with an empty dataset
+            raise InputError(f"all {self.rows} rows malformed, nothing to convert; first: "
+                             f"{self.examples[0] if self.examples else '?'}", exit_code=1)
         frac = self.bad / self.rows
         if frac > max_fraction:
             raise InputError(
@@ -1736,6 +1751,8 @@ def _convert_into(
             job2 = replace(job, vocab_path=vocab_path)
             writer.preallocate(dict(zip(SPLITS, split_rows)))
             phases["vocabulary"] = time.perf_counter() - t0 - phases["count_pass"]
+            if split_rows[0] == 0:
+                log("warning: no good train rows: the vocabularies are empty and every id is the OOV id 0")
             for _ in tqdm(ordered_map(run_map_chunk, caches, job2, pool, cfg.workers), total=len(caches),
                           unit="chunk", desc=f"{fmt.name}: map", disable=not cfg.progress):
                 pass
