@@ -129,30 +129,3 @@ def wait_proc_state(pid: int, states: str, timeout: float = 30) -> str | None:
             return s
         assert time.monotonic() < deadline, f"process {pid} still in state {s!r} after {timeout} s, not in {states!r}"
         time.sleep(0.02)
-
-
-def run_cli_file_limit(args: Sequence[str], max_file_bytes: int, timeout: float = 300,
-                       env: dict[str, str] | None = None, cwd: Path = REPO) -> tuple[int, str]:
-    """``run_cli`` with ``RLIMIT_FSIZE`` set: any write past ``max_file_bytes`` fails with EFBIG
-    ("File too large"), a portable, unprivileged stand-in for a full disk.  SIGXFSZ is
-    ignored in the child (its default action would kill it instead); reads are unaffected."""
-    import resource
-    import signal
-
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
-
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    r = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                       env=full_env, preexec_fn=limit)
-    return r.returncode, r.stderr
-
-
-def converter_leftovers(out: Path) -> list[str]:
-    """What a failed or killed conversion into ``out`` must not leave behind (once cleaned up):
-    staging dirs beside ``out``, temp arrays or the pass-1 cache inside it."""
-    found = [p.name for p in out.parent.glob(f".{out.name}.convert-*")]
-    if out.is_dir():
-        found += [p.name for p in out.iterdir() if p.name.endswith(".tmp") or p.name in (".convert_cache", ".previous")]
-    return sorted(found)
