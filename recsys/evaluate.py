@@ -299,6 +299,40 @@ def _all_gather_padded(
     return [o[:c] for o, c in zip(out, counts)]
 
 
+def _gather_to(
+    local: torch.Tensor, group: dist.ProcessGroup | None, dst: int | None
+) -> list[torch.Tensor] | None:
+    """Every rank's ``local`` (first dims may differ) on group rank ``dst`` only (None: on all).
+
+    Why not ``all_gather`` when only ``dst`` needs the result: all_gather pads every block to
+    the largest and hands all W of them to every rank, W x N rows on each.  For a Criteo-1TB
+    test day (~90M rows x M members) that is gigabytes on every rank of the world.  Here the
+    sizes are all-gathered (one int per rank), then each rank sends its exact block to ``dst``
+    point to point: ``dst`` receives N rows in all, the others hold only their own block.
+    """
+    me, world = _world(group)
+    if dst is None or world == 1:
+        return _all_gather_padded(local, group)
+    n = torch.tensor([local.shape[0]], dtype=torch.int64, device=local.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n, group=group)
+    if me != dst:
+        if local.shape[0]:
+            dist.send(local.contiguous(), group_dst=dst, group=group)
+        return None
+    out = []
+    for r, c in enumerate(int(x.item()) for x in sizes):
+        if r == me:
+            out.append(local)
+        elif c:
+            buf = local.new_empty((c, *local.shape[1:]))
+            dist.recv(buf, group_src=r, group=group)
+            out.append(buf)
+        else:
+            out.append(local.new_empty((0, *local.shape[1:])))
+    return out
+
+
 def gather_rows(
     local: torch.Tensor,
     row_start: int,
@@ -318,11 +352,10 @@ def gather_rows(
         start, stop = rank_row_range(N, rank, world)
         full = gather_rows(local_logits, start, N, group=None)   # [N, M_k] on every rank
     """
-    me, _ = _world(group)
     header = torch.tensor([row_start, local.shape[0]], dtype=torch.int64, device=local.device)
     headers = [h.tolist() for h in _all_gather_padded(header.unsqueeze(0), group)]
-    blocks = _all_gather_padded(local, group)
-    if dst is not None and me != dst:
+    blocks = _gather_to(local, group, dst)
+    if blocks is None:
         return None
     spans = sorted((int(h[0][0]), int(h[0][1]), r) for r, h in enumerate(headers))
     pos = 0
@@ -378,13 +411,12 @@ def assemble_member_logits(
     values[:, :mk] = local_logits.float()
     values[:, num_members] = local_labels.reshape(-1).float()
     headers = _all_gather_padded(header, group)
-    blocks = _all_gather_padded(values, group)
-    me, _ = _world(group)
-    if dst is not None and me != dst:
+    blocks = _gather_to(values, group, dst)
+    if blocks is None:
         return None
 
     out = torch.zeros((num_rows, num_members), dtype=torch.float32)
-    written = torch.zeros((num_rows, num_members), dtype=torch.int32)
+    written = torch.zeros((num_rows, num_members), dtype=torch.int8)  # 1 byte a cell: ~90M x M at scale
     labels = torch.full((num_rows,), float("nan"), dtype=torch.float32)
     for r, (h, b) in enumerate(zip(headers, blocks)):
         start, cnt, k = (int(v) for v in h[0, :3].tolist())
