@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.test_train_group import MEMBERS, ROOT, make_data, write_config
 from torchx_components.recsys import evaluate, grouped_train, serve_latency
 
@@ -53,3 +55,30 @@ def test_train_then_evaluate_through_torchx(tmp_path: Path) -> None:
     # the same best checkpoints scored again in one process: the same ensemble
     assert abs(rescored["ensemble"]["auc"] - trained["ensemble"]["auc"]) < 1e-6
     assert [m["name"] for m in rescored["members"]] == [m["name"] for m in trained["members"]]
+
+
+def _dryrun(scheduler: str, *cfg: str) -> subprocess.CompletedProcess[str]:
+    torchx = str(Path(sys.executable).with_name("torchx"))
+    return subprocess.run(
+        [torchx, "run", "-s", scheduler, "--dryrun", "--workspace", "", *cfg, "torchx_components/recsys.py:grouped_train",
+         "--image", "registry.example.com/recsys:latest", "--config", "configs/criteo_1tb_dlrmv2.toml",
+         "--nnodes", "2", "--nproc_per_node", "8"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_multi_node_slurm_dryrun() -> None:
+    """The same component and config, 2 nodes x 8 ranks on Slurm (docs/launching.md): the
+    sbatch script runs one torchrun per node with c10d rendezvous and our entry point."""
+    r = _dryrun("slurm", "-cfg", "partition=gpu,time=12:00:00")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("torchrun --rdzv_backend c10d") == 2, r.stdout[-3000:]
+    assert "--nnodes 2 --nproc_per_node 8" in r.stdout
+    assert "recsys/train_group.py --config configs/criteo_1tb_dlrmv2.toml" in r.stdout
+    assert "#SBATCH --partition=gpu" in r.stdout or "partition=gpu" in r.stdout
+
+
+def test_multi_node_kubernetes_dryrun() -> None:
+    pytest.importorskip("kubernetes", reason="torchx's kubernetes scheduler needs the kubernetes client package")
+    r = _dryrun("kubernetes", "-cfg", "queue=default,namespace=ml")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "replicas: 2" in r.stdout and "recsys/train_group.py" in r.stdout
