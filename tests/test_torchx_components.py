@@ -60,7 +60,7 @@ def test_train_then_evaluate_through_torchx(tmp_path: Path) -> None:
 def _dryrun(scheduler: str, *cfg: str) -> subprocess.CompletedProcess[str]:
     torchx = str(Path(sys.executable).with_name("torchx"))
     return subprocess.run(
-        [torchx, "run", "-s", scheduler, "--dryrun", "--workspace", "", *cfg, "torchx_components/recsys.py:grouped_train",
+        [torchx, "run", "-s", scheduler, "--dryrun", *cfg, "torchx_components/recsys.py:grouped_train",
          "--image", "registry.example.com/recsys:latest", "--config", "configs/criteo_1tb_dlrmv2.toml",
          "--nnodes", "2", "--nproc_per_node", "8"],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -79,6 +79,6 @@ def test_multi_node_slurm_dryrun() -> None:
 
 def test_multi_node_kubernetes_dryrun() -> None:
     pytest.importorskip("kubernetes", reason="torchx's kubernetes scheduler needs the kubernetes client package")
-    r = _dryrun("kubernetes", "-cfg", "queue=default,namespace=ml")
+    r = _dryrun("kubernetes", "--workspace", "", "-cfg", "queue=default,namespace=ml")  # no image build
     assert r.returncode == 0, r.stderr[-2000:]
     assert "replicas: 2" in r.stdout and "recsys/train_group.py" in r.stdout
