@@ -131,7 +131,8 @@ def bundle(wheel_dir):
                     ti = tarfile.TarInfo(f"{whl.name}/{info.filename}")
                     ti.size = info.file_size
                     ti.mode = (info.external_attr >> 16) & 0o7777 or 0o644
-                    ti.pax_headers = {"RECSYS.external_attr": str(info.external_attr)}  # zip's exact attributes
+                    # the zip's exact name (tar drops a directory entry's trailing "/") and attributes
+                    ti.pax_headers = {"RECSYS.name": info.filename, "RECSYS.external_attr": str(info.external_attr)}
                     ti.mtime = int(time.mktime(info.date_time + (0, 0, -1)))
                     with z.open(info) as raw:
                         src = Hashing(raw)
@@ -258,10 +259,11 @@ def unbundle(stash_dir, wheel_dir):
     got, zips, manifest = {}, {}, None
     with tarfile.open(fileobj=io.BufferedReader(Parts([stash_dir / n for n in names]), 8 * MIB), mode="r|xz") as tar:
         for ti in tar:
-            src = tar.extractfile(ti)
+            src = tar.extractfile(ti) or io.BytesIO(b"")  # None for a directory entry
             if ti.name == "MANIFEST.json":
                 manifest = json.loads(src.read()); continue
-            whl, _, member = ti.name.partition("/")
+            whl = ti.name.partition("/")[0]
+            member = ti.pax_headers.get("RECSYS.name", ti.name.partition("/")[2])
             if whl not in zips:
                 zips[whl] = zipfile.ZipFile(wheel_dir / whl, "w", zipfile.ZIP_STORED)
             info = zipfile.ZipInfo(member, time.localtime(ti.mtime)[:6])

@@ -123,6 +123,7 @@ def _wheel(d: Path, name: str, payload: bytes) -> Path:
             info.external_attr = (0o100755 if fn.endswith(".sh") else 0o100644) << 16
             z.writestr(info, data)
         z.writestr(f"{name}-1.0.dist-info/RECORD", "")
+        z.writestr(f"{name}/", "")  # a directory entry, as some real wheels have (charset-normalizer)
     return path
 
 
