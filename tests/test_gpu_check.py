@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -63,6 +64,22 @@ def test_step_limit_cuts_to_the_budget() -> None:
     assert step_limit("tests", limits, budget_left=500) == 240
     assert step_limit("demo", limits, budget_left=100) == 90  # 10 s kept for the summary
     assert step_limit("demo", limits, budget_left=25) == 0  # too little left: not started
+
+
+def test_run_kills_the_whole_process_group_on_timeout(tmp_path: Path) -> None:
+    """A step past its limit is stopped with its children (a torchrun's workers must not keep the GPU)."""
+    pid_file = tmp_path / "child.pid"
+    script = f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); " \
+             f"open({str(pid_file)!r}, 'w').write(str(p.pid)); print('started', flush=True); time.sleep(60)"
+    status, out, secs = gpu_check._run([sys.executable, "-c", script], 3.0, tmp_path / "x.log")
+    assert status == "timeout (3 s)" and "started" in out and secs < 30, (status, out, secs)
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    state = Path(f"/proc/{child}/stat").read_text().split()[2] if Path(f"/proc/{child}").exists() else "gone"
+    assert state in ("gone", "Z"), f"the step's child {child} survived the timeout ({state})"
+    assert "started" in (tmp_path / "x.log").read_text()
 
 
 def test_pytest_counts() -> None:

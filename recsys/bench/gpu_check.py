@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -91,17 +92,23 @@ def _child_env() -> dict[str, str]:
 
 
 def _run(cmd: list[str], limit: float, log: Path, cwd: Path = ROOT) -> tuple[str, str, float]:
-    """Runs ``cmd`` with a time limit, all output to ``log``; (status, output, seconds)."""
+    """Runs ``cmd`` with a time limit, all output to ``log``; (status, output, seconds).
+
+    The command gets its own process group, and a timeout kills the whole group: torchrun's
+    and pytest's worker processes must not outlive their step and hold the GPU.
+    """
     t0 = time.monotonic()
     with open(log, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
         try:
-            r = subprocess.run(cmd, cwd=cwd, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, timeout=limit)
-            out, status = r.stdout, "ok" if r.returncode == 0 else f"failed (exit {r.returncode})"
-        except subprocess.TimeoutExpired as e:
-            out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+            out, _ = proc.communicate(timeout=limit)
+            status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
             status = f"timeout ({limit:.0f} s)"
         f.write(out)
     return status, out, time.monotonic() - t0
