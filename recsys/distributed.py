@@ -283,7 +283,7 @@ def build_plan(
     ``construct_module_sharding_plan(..., compute_kernel="dense")`` would build, without
     re-deriving the placements.
     """
-    from recsys.plan import PlanDoesNotFit, TopologySpec, _tables_of, does_not_fit_message
+    from recsys.plan import PlanDoesNotFit, TopologySpec, _tables_of, check_fits, does_not_fit_message, plan_shards
 
     world = pg.size()
     if topology is None:
@@ -299,6 +299,7 @@ def build_plan(
         msg = does_not_fit_message(group_index, _tables_of(module), optimizer, topology, sharding.sharding_type,
                                    " ".join(str(e).split())[:200])
         raise PlanDoesNotFit(msg, report_here=pg.rank() == 0) from None
+    check_fits(group_index, plan_shards(plan)[0], topology, optimizer, report_here=pg.rank() == 0)
     if dense_kernel:
         for module_plan in plan.plan.values():
             for param_sharding in module_plan.values():  # type: ignore[union-attr]
