@@ -371,7 +371,15 @@ stash)
     for s in "$BASE"/cp3*; do [ -d "$s" ] && helper stash "$OUTDIR/none" "$s" || true; done
     echo "gpu_wheels: no batch carried in this call (looked in $OUTDIR/cp3*/carry)"
   fi
-  "$PY" -c 'import sys; print(f"gpu_wheels: this machine runs Python {sys.version.split()[0]} (cp{sys.version_info[0]}{sys.version_info[1]})")'
+  "$PY" - <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+try:
+    torch = f"torch {version('torch')}"
+except PackageNotFoundError:
+    torch = "NO torch here: pass --python <the image's python that has torch> to install"
+print(f"gpu_wheels: {sys.executable} is Python {sys.version.split()[0]} (cp{sys.version_info[0]}{sys.version_info[1]}), {torch}")
+PY
   ;;
 unpack|install)
   TAG="$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
