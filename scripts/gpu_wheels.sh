@@ -399,6 +399,11 @@ unpack|install)
       echo "gpu_wheels: $PY cannot make a venv; rerun install with --system (installs into $PY itself)" >&2; exit 2
     fi
     VPY="$VENV/bin/python"
+    # An image whose python is itself a venv (torch in ITS site-packages): a venv made from it
+    # sees only the base interpreter's packages, so hand it the image venv's site-packages too
+    # (after its own, as --system-site-packages would).
+    "$PY" -c 'import site, sys; sys.prefix != sys.base_prefix and print("\n".join(site.getsitepackages()))' \
+      > "$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/image-venv-site.pth"
   fi
   PIP=("$VPY" -m pip)
   "$VPY" -m pip --version >/dev/null 2>&1 || PIP=("$VPY" "$(ls "$S"/wheels/pip-*.whl)/pip")
