@@ -1,12 +1,12 @@
 """One command for a lent GPU machine: environment, CUDA tests, the demo on CUDA, train-step throughput.
 
 Why one command: a lent GPU comes for ~15 minutes of device time in calls of at most 10 minutes,
-so everything that needs the GPU runs here, in order, each step in its own subprocess with its
+so everything that needs the GPU runs here, in order, each step but ``env`` in its own subprocess with its
 own time limit, inside one overall budget.  The summary (``summary.json`` + ``summary.md``,
 plus each step's log) is rewritten after every step, so a call that is cut short still returns
 what was done.  Steps:
 
-(a) ``env``    torch / fbgemm_gpu / torchrec versions, GPU, CUDA, NCCL, driver;
+(a) ``env``    torch / fbgemm_gpu / torchrec versions, GPU, CUDA, NCCL, driver (in this process);
 (b) ``tests``  ``pytest -m cuda tests/test_cuda.py`` (fused kernels, DCP, NCCL gather, training);
 (c) ``demo``   the demo config (configs/demo.toml) through recsys/train_group.py with
                ``--device cuda`` on min(2, #GPUs) NCCL ranks, data synthesized first if missing
@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", default="4096,16384", help="bench: batch sizes")
     p.add_argument("--bench-steps", type=int, default=10, help="bench: timed steps per path (2 warmup)")
     p.add_argument("--bench-cli", action="store_true", help="bench: run recsys.bench.train_step --device cuda instead")
-    p.add_argument("--plan", action="store_true", help="print the steps, commands and limits; run nothing")
+    p.add_argument("--plan", action="store_true", help="print the steps and their time limits; run nothing")
     p.add_argument("--_bench-worker", dest="bench_worker", action="store_true", help=argparse.SUPPRESS)
     return p
 
