@@ -687,13 +687,45 @@ def test_pool_workers_do_not_inherit_the_sigterm_handler() -> None:
         pool.apply(time.sleep, (0,))  # the initializer has run in at least one worker
         time.sleep(0.2)
         for proc in pool._pool:  # the worker processes (a private list, stable since Python 3.0)
-            caught = int(next(ln for ln in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
-                              if ln.startswith("SigCgt:")).split()[1], 16)
-            assert not caught & (1 << (signal.SIGTERM - 1)), f"worker {proc.pid} catches SIGTERM"
+            status = dict(ln.split(":", 1) for ln in Path(f"/proc/{proc.pid}/status").read_text().splitlines())
+            bit = 1 << (signal.SIGTERM - 1)
+            assert not int(status["SigCgt"], 16) & bit, f"worker {proc.pid} catches SIGTERM"
+            assert not int(status["SigBlk"], 16) & bit, f"worker {proc.pid} blocks SIGTERM"
+        assert not signal.pthread_sigmask(signal.SIG_BLOCK, set()) & {signal.SIGTERM}  # nor does the parent
     finally:
         pool.terminate()
         pool.join()
         signal.signal(signal.SIGTERM, old)
+
+
+TERMINATE_AT_ONCE = r"""
+import signal
+from recsys.data import preprocess as p
+signal.signal(signal.SIGTERM, p._on_sigterm)  # as main() does
+for attempt in range(100):  # a failure right at the start of a run: the pool is terminated at once
+    pool = p.make_pool(2, "arrow")
+    pool.terminate()
+    pool.join()
+print("terminated cleanly")
+"""
+
+
+def test_pool_terminated_right_after_it_forked(tmp_path: Path) -> None:
+    """A worker SIGTERMed by terminate() before its initializer ran got the inherited Python
+    handler: a ``Terminated`` traceback on stderr, or (the signal then dropped once the
+    initializer reset the handler) a worker blocked forever and terminate() hung (found by
+    the fuzz: a truncated .gz so small the run failed before its first chunk).  Workers are
+    forked with SIGTERM blocked now."""
+    proc = subprocess.Popen([sys.executable, "-c", TERMINATE_AT_ONCE], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)  # a hang guard: a healthy run takes ~2 s
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("Pool.terminate() hung on a worker that lost its SIGTERM")
+    assert proc.returncode == 0 and "terminated cleanly" in out, err
+    assert "Traceback" not in err and "Terminated" not in err, err
 
 
 def test_truncated_gz_with_forked_workers(tmp_path: Path, raw: dict[str, Path]) -> None:

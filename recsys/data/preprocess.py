@@ -1038,10 +1038,13 @@ def _keep_freed_memory() -> None:
 
 
 def _init_worker() -> None:
-    # the CLI turns SIGTERM into an exception (to clean up); a forked worker must not inherit that:
-    # Pool.terminate() SIGTERMs its workers, and one busy in C code or blocked on the task queue's
-    # lock would never run the handler, so terminate() (after any failure mid-run) would hang
+    # The CLI turns SIGTERM into an exception (to clean up); a forked worker must not keep that:
+    # Pool.terminate() SIGTERMs its workers, and one busy in C code or blocked on the task queue
+    # never runs a Python handler, so terminate() (after any failure mid-run) hung.  The worker
+    # was forked with SIGTERM blocked (make_pool): a SIGTERM sent before this point is pending,
+    # and kills it here, once the default action is back.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     pa.set_cpu_count(1)  # one process per core already
     _keep_freed_memory()
     # the staging lock means "the driver is alive": after a kill -9 of the driver, orphaned
@@ -1076,7 +1079,14 @@ def make_pool(workers: int, engine: str) -> Any:
         return None
     if engine == "native":
         return ThreadPool(workers)
-    return mp.get_context("fork").Pool(workers, initializer=_init_worker)
+    # SIGTERM blocked while the pool forks its workers and starts its threads (which inherit the
+    # mask, so a worker it re-forks later is born blocked too): a worker SIGTERMed by
+    # Pool.terminate() before its initializer ran used to lose the signal and hang terminate()
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        return mp.get_context("fork").Pool(workers, initializer=_init_worker)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
 DRAIN_SECONDS = 300.0  # after a failure, how long in-flight chunks may take before the pool is terminated
