@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 
 from recsys.errors import UserError, one_line
@@ -114,7 +115,13 @@ HASHED_MAX_BYTES = 16 << 20  # files up to this size get a sha256 in the manifes
 
 
 class CheckpointCorrupt(UserError, RuntimeError):
-    """A checkpoint whose files do not match its manifest, or that cannot be read; names the file."""
+    """A checkpoint whose files do not match its manifest, or that cannot be read; names the file.
+
+    ``report_here`` (set by ``GroupCheckpointer``): True on the group's rank 0 only, so the
+    line is printed once whichever global ranks the group has (``recsys.train_group._fail``).
+    """
+
+    report_here: bool | None = None
 
 
 def _sha256(path: Path) -> str:
@@ -157,16 +164,17 @@ def verify_checkpoint(directory: Path) -> None:
         return
     try:
         files = json.loads(mpath.read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointCorrupt(f"{mpath}: unreadable manifest ({one_line(e)})") from None
-    for name, entry in files.items():
+        entries = [(str(name), int(entry["size"]), entry.get("sha256")) for name, entry in files.items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointCorrupt(f"{mpath}: unreadable manifest ({type(e).__name__}: {one_line(e)})") from None
+    for name, size_saved, digest in entries:
         p = directory / name
         if not p.is_file():
             raise CheckpointCorrupt(f"{p}: missing (listed in {MANIFEST})")
         size = p.stat().st_size
-        if size != entry["size"]:
-            raise CheckpointCorrupt(f"{p}: {size} bytes, {entry['size']} when saved (truncated or overwritten)")
-        if "sha256" in entry and _sha256(p) != entry["sha256"]:
+        if size != size_saved:
+            raise CheckpointCorrupt(f"{p}: {size} bytes, {size_saved} when saved (truncated or overwritten)")
+        if digest is not None and _sha256(p) != digest:
             raise CheckpointCorrupt(f"{p}: content differs from when it was saved (sha256 mismatch)")
 
 
@@ -180,7 +188,12 @@ class GroupCheckpointer:
         self.keep = keep  # newest complete checkpoints kept, besides the best one
 
     def _barrier(self) -> None:
-        dist.barrier(group=self.pg)
+        if dist.is_available() and dist.is_initialized():  # one process (evaluate, serve, tools): nothing to wait for
+            dist.barrier(group=self.pg)
+
+    def _corrupt(self, e: CheckpointCorrupt) -> CheckpointCorrupt:
+        e.report_here = self.group_rank == 0
+        return e
 
     def complete_steps(self) -> list[int]:
         if not self.dir.is_dir():
@@ -264,7 +277,10 @@ class GroupCheckpointer:
         anything unreadable is a ``CheckpointCorrupt`` naming the checkpoint.
         """
         path = self.dir / _step_dir(step)
-        verify_checkpoint(path)
+        try:
+            verify_checkpoint(path)
+        except CheckpointCorrupt as e:
+            raise self._corrupt(e) from None
         if optimizer is not None:
             init_lazy_optimizer_state(optimizer)  # before model.state_dict(): it moves the params
         sd: dict[str, Any] = {"model": model.state_dict()}
@@ -275,8 +291,10 @@ class GroupCheckpointer:
             state = TrainState.from_json(json.loads((path / "state.json").read_text()))
             extras_path = path / f"rank{self.group_rank}.pt"
             extras = torch.load(extras_path, weights_only=False) if extras_path.is_file() else {}
-        except (OSError, ValueError, RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError) as e:
-            raise CheckpointCorrupt(f"{path}: cannot be loaded ({type(e).__name__}: {one_line(e)[:300]})") from None
+        except (OSError, ValueError, RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError,
+                CheckpointException) as e:  # DCP's CheckpointException is a BaseException: named here
+            raise self._corrupt(CheckpointCorrupt(
+                f"{path}: cannot be loaded ({type(e).__name__}: {one_line(e)[:300]})")) from None
         model.load_state_dict(sd["model"])
         if optimizer is not None:
             optimizer.load_state_dict(sd["optim"])
@@ -302,15 +320,27 @@ class GroupCheckpointer:
         steps = self.complete_steps()
         if not steps:
             return None
-        step = self.newest_intact(log)
-        if step is None:
-            raise CheckpointCorrupt(f"{self.dir}: every checkpoint is damaged ({', '.join(map(_step_dir, steps))})")
-        damaged = [s for s in steps if s > step]
-        if damaged:
-            self._quarantine(damaged)
-        state, extras = self.load(step, model, optimizer)
-        self._repair_best(state, log)
-        return state, extras
+        # Newest first; a checkpoint that passes verification but fails to load (a flipped bit
+        # inside a large shard, a pre-manifest checkpoint) is skipped like a damaged one.  The
+        # files are shared, so every rank verifies and loads the same ones and decides alike;
+        # DCP gathers a failed read's error to every rank of the group.
+        while True:
+            step = self.newest_intact(log)
+            if step is None:
+                raise self._corrupt(CheckpointCorrupt(
+                    f"{self.dir}: every checkpoint is damaged ({', '.join(map(_step_dir, steps))})"))
+            damaged = [s for s in self.complete_steps() if s > step]
+            if damaged:
+                self._quarantine(damaged)
+            try:
+                state, extras = self.load(step, model, optimizer)
+            except CheckpointCorrupt as e:
+                if log is not None:
+                    log(f"checkpoint {_step_dir(step)} is damaged, skipping it: {e}")
+                self._quarantine([step])
+                continue
+            self._repair_best(state, log)
+            return state, extras
 
     def _quarantine(self, steps: list[int]) -> None:
         """Renames damaged checkpoints newer than the one resumed from to ``.damaged-step-N``:
@@ -318,33 +348,58 @@ class GroupCheckpointer:
         resumed run writes.  Every rank has verified before the group's rank 0 renames."""
         self._barrier()
         if self.group_rank == 0:
-            for s in steps:
-                target = self.dir / f".damaged-{_step_dir(s)}"
-                if target.exists():
-                    shutil.rmtree(target, ignore_errors=True)
-                (self.dir / _step_dir(s)).rename(target)
+            self._quarantine_now(steps)
         self._barrier()
 
+    def _quarantine_now(self, steps: list[int]) -> None:
+        for s in steps:
+            src, target = self.dir / _step_dir(s), self.dir / f".damaged-{_step_dir(s)}"
+            if target.exists():
+                shutil.rmtree(target, ignore_errors=True)
+            if src.exists():
+                src.rename(target)
+
     def _repair_best(self, state: TrainState, log: Callable[[str], None] | None) -> None:
-        """On resume, ``best.json`` may be unreadable or name a quarantined checkpoint: point it
-        at the best step the resumed state knows (kept, never pruned), or drop it if that is gone
-        too.  Collective over the group."""
-        self._barrier()  # every rank has read best.json (complete_steps) before it may change
-        if self.group_rank == 0:
-            try:
-                best = self.best()
-                broken = best is not None and int(best["step"]) not in self.complete_steps()
+        """On resume, ``best.json`` may be unreadable, name a quarantined checkpoint, or name a
+        damaged one (restored only when training ends, so checked now).  Unreadable or gone:
+        point it at the best step the resumed state knows (kept, never pruned), or drop it if
+        that is gone too.  Damaged: set it aside, drop ``best.json`` and forget the best AUC on
+        every rank alike (early stopping compares against it), so the run ends with the best
+        checkpoint it writes from here on.  Collective over the group."""
+        log = log if self.group_rank == 0 else None
+        try:
+            best = self.best()
+            best_step = None if best is None else int(best["step"])
+            unreadable = False
+        except CheckpointCorrupt as e:
+            best_step, unreadable = None, True
+            if log is not None:
+                log(f"{e}; rewriting it from the resumed state")
+        damaged = False
+        if best_step is not None and best_step in self.complete_steps():
+            try:  # every rank checks the same files, so all decide alike
+                verify_checkpoint(self.dir / _step_dir(best_step))
             except CheckpointCorrupt as e:
-                broken = True
+                damaged = True
                 if log is not None:
-                    log(f"{e}; rewriting it from the resumed state")
-            if broken:
+                    log(f"the best checkpoint is damaged ({e}); it is set aside, and the run ends with the best "
+                        "checkpoint it writes from here on, or its last weights")
+        broken = unreadable or (best_step is not None and best_step not in self.complete_steps())
+        if damaged:
+            state.best_auc, state.best_step = float("-inf"), -1
+        self._barrier()  # every rank has read best.json before it may change
+        if self.group_rank == 0:
+            if damaged:
+                assert best_step is not None
+                self._quarantine_now([best_step])
+                (self.dir / "best.json").unlink()
+            elif broken:
                 if state.best_step in self.complete_steps():
                     tmp = self.dir / "best.json.tmp"
                     tmp.write_text(json.dumps({"step": state.best_step, "auc": state.best_auc}))
                     tmp.replace(self.dir / "best.json")
                 else:
-                    (self.dir / "best.json").unlink()
+                    (self.dir / "best.json").unlink(missing_ok=True)
         self._barrier()
 
     def load_best(self, model: nn.Module) -> int | None:

@@ -159,7 +159,10 @@ class GroupPlan:
                          f"{100 * r.total / cap:.0f}% |")
         worst = max(self.ranks, key=lambda r: r.total)
         usable = cap * (1 - RESERVED_FRACTION)
-        lines += ["", f"fits: yes; fullest rank {worst.rank} at {worst.total / GB:.2f} GB of {usable / GB:.1f} GB "
+        verdict = "fits: yes" if worst.total <= usable else (
+            "fits: NO with the estimates (the exact tables and optimizer state fit; the estimated input "
+            "distribution and activations do not)")
+        lines += ["", f"{verdict}; fullest rank {worst.rank} at {worst.total / GB:.2f} GB of {usable / GB:.1f} GB "
                       f"usable ({RESERVED_FRACTION:.0%} of {cap / GB:.0f} GB kept free as TorchRec's planner does), "
                       f"headroom {(usable - worst.total) / GB:.2f} GB"]
         return "\n".join(lines)
@@ -213,12 +216,14 @@ def rank_memory(shards: Sequence[TableShard], topo: TopologySpec, optimizer: str
     for s in shards:
         r = out[s.rank]
         r.num_shards += 1
-        if "uvm" in s.kernel:
+        opt = _optimizer_bytes(s, optimizer)
+        if "uvm" in s.kernel:  # the device holds a cache of the rows (and their state); host memory the rest
             r.tables += int(s.bytes * ratio)
-            r.tables_uvm += s.bytes
+            r.optimizer += int(opt * ratio)
+            r.tables_uvm += s.bytes + opt
         else:
             r.tables += s.bytes
-        r.optimizer += _optimizer_bytes(s, optimizer)
+            r.optimizer += opt
         # row-wise shards each get the ids of their rows only (~1/n of the batch's)
         n_row_shards = sum(1 for t in shards if t.table == s.table) if s.sharding_type in ("row_wise",
                                                                                             "table_row_wise") else 1
@@ -281,7 +286,7 @@ def check_fits(group: int, shards: Sequence[TableShard], topo: TopologySpec, opt
         need[sh.rank] += int(resident * ratio) if "uvm" in sh.kernel else resident
     worst = max(range(topo.world_size), key=lambda r: need[r])
     if need[worst] > usable:
-        largest = max(shards, key=lambda sh: sh.bytes)
+        largest = max((sh for sh in shards if sh.rank == worst), key=lambda sh: sh.bytes)
         raise PlanDoesNotFit(
             f"group {group}: the sharding plan does not fit: rank {worst} needs {need[worst] / GB:.2f} GB for its "
             f"tables and {optimizer} state, {usable / GB:.1f} GB usable of {cap / GB:.1f} GB "

@@ -177,8 +177,9 @@ class GroupTrainer:
         emb_opt = cfg.embedding_optimizer.resolve(env.device.type)
         from recsys.plan import topology_from_config
 
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", run.group_world))  # torchrun's; read at the entry point
-        topo = topology_from_config(cfg, run.group_world, min(local, run.group_world), env.device.type)
+        # Ranks on this node, whatever group they train: they share its RAM (torchrun sets it).
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
+        topo = topology_from_config(cfg, run.group_world, local, env.device.type)
         self.model = shard_module(module, run.pg, env, emb_opt, cfg.sharding.resolve(), topo, run.index)
         self.optimizer = make_optimizer(
             self.model, cfg.dense_optimizer.lr, cfg.dense_optimizer.weight_decay, emb_opt=emb_opt
@@ -192,7 +193,6 @@ class GroupTrainer:
             pin_memory=env.device.type == "cuda",  # else the non_blocking host-to-device copies are synchronous
         )
         self.ckpt = GroupCheckpointer(Path(cfg.ckpt_dir) / f"group{run.index}", run.pg, run.group_rank)
-        self.on_first_save: Callable[[], None] | None = None  # called once, after this trainer's first checkpoint
         self.pipeline: Any = None
         if t.pipeline:
             from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
@@ -253,9 +253,6 @@ class GroupTrainer:
     def _save(self, state: Any, is_best: bool = False) -> None:
         self._detach()
         self.ckpt.save(state.step, self.model, self.optimizer, state, self._extras(), is_best=is_best)
-        if self.on_first_save is not None:
-            hook, self.on_first_save = self.on_first_save, None
-            hook()
 
     def _check_finite(self, window: list[torch.Tensor], state: Any) -> float:
         """The group mean of the losses in ``window`` (the steps up to ``state.step``); raises
@@ -486,8 +483,10 @@ def train(
     """
     from recsys.tb import RunLogger
 
-    release_previous: Callable[[], None] | None = None
     if resume:
+        if env.rank == 0:
+            restore_previous_for_resume(cfg)
+        dist.barrier()
         # Every rank looks before rank 0 may move anything (the barrier), so all agree.
         has_ckpt = _has_checkpoint(cfg.ckpt_dir)
         dist.barrier()
@@ -498,11 +497,10 @@ def train(
     if not resume:
         # A fresh run of a name replaces that name's old checkpoints and TensorBoard events (a
         # stale best.json or event file would otherwise mix two runs), but only once it has
-        # something to show: the old run is set aside now and deleted after the new run's first
-        # checkpoint, so a run that fails early loses nothing.
+        # something to show: the old run is set aside now and deleted when the new run has
+        # finished, so a run that fails, in any group, loses nothing.
         if env.rank == 0:
             set_aside_previous_run(cfg)
-            release_previous = lambda: release_previous_run(cfg)  # noqa: E731
         dist.barrier()
     groups, parallel = plan_groups(cfg, env, sequential)
     names = cfg.member_names
@@ -519,7 +517,6 @@ def train(
             return RunLogger.group_writer(cfg, k, purge_step=purge_step)
 
         trainer = GroupTrainer(cfg, env, run, open_writer if run.is_leader else None, show_progress=env.rank == 0)
-        trainer.on_first_save, release_previous = release_previous, None  # rank 0's first group only
         trainer.fit(resume, fail_at_step, fail_rank)
         results.append(trainer.finish())
         if trainer.writer is not None:
@@ -552,6 +549,7 @@ def train(
     extra = {"schedule": "parallel" if parallel else "sequential", "eval_timings": timings}
     report = logger.final(val, test, float(eps[0]), extra=extra)
     logger.close()
+    release_previous_run(cfg)  # this run has finished: the one it replaced can go
     return report
 
 
@@ -563,41 +561,80 @@ def _previous(d: Path) -> Path:
     return d.with_name(d.name + PREVIOUS_SUFFIX)
 
 
+def _run_dirs(cfg: ExperimentConfig) -> list[Path]:
+    """runs/<name> and checkpoints/<name>, once each (they may be one directory)."""
+    out: list[Path] = []
+    for d in (cfg.run_dir, cfg.ckpt_dir):
+        if all(d.resolve() != o.resolve() for o in out):
+            out.append(d)
+    return out
+
+
+def _has_previous_checkpoint(cfg: ExperimentConfig) -> bool:
+    return _has_checkpoint(_previous(cfg.ckpt_dir))
+
+
+def check_previous_run(cfg: ExperimentConfig, resume: bool) -> None:
+    """Refuses, before anything is touched, a fresh run that could only proceed by deleting
+    checkpoints: ``checkpoints/<name>`` holds an unfinished run that checkpointed while
+    ``<name>.previous`` still holds the run before it (set aside by that unfinished run).
+    Every rank runs it (file reads only), so all refuse alike."""
+    if resume or not _has_checkpoint(cfg.ckpt_dir) or not _has_previous_checkpoint(cfg):
+        return
+    raise ConfigError(
+        f"{cfg.source}: {cfg.ckpt_dir} holds an unfinished run with checkpoints, and {_previous(cfg.ckpt_dir)} "
+        "the run before it: continue the unfinished one with --resume, or delete one of them"
+    )
+
+
 def set_aside_previous_run(cfg: ExperimentConfig) -> None:
     """Moves the last run of this name (``runs/<name>``, ``checkpoints/<name>``) to
-    ``<dir>.previous``, where it stays until the new run has written its first checkpoint.
+    ``<dir>.previous``, where it stays until the new run has finished (report written).
 
-    If a ``.previous`` pair is already there, the run after it died before its first
-    checkpoint: what it left (no checkpoint, at most a few TensorBoard events) is dropped and
-    the ``.previous`` pair kept.  If that run did checkpoint, it is the newer result and
-    replaces the ``.previous`` pair.  Either way, no checkpoint is deleted before a newer
-    one exists.  Runs on global rank 0 only.
+    If a ``.previous`` pair is already there, the run after it never finished and (see
+    ``check_previous_run``) never checkpointed: what it left, at most a few TensorBoard
+    events, is dropped and the ``.previous`` pair kept.  No checkpoint is deleted before a
+    newer finished run exists.  Runs on global rank 0 only.
     """
     import shutil
 
-    dirs = [d for d in (cfg.run_dir, cfg.ckpt_dir) if d.exists()]
+    dirs = [d for d in _run_dirs(cfg) if d.exists()]
     if not dirs:
         return
-    keep_current = _has_checkpoint(cfg.ckpt_dir) or not any(_previous(d).exists() for d in (cfg.run_dir, cfg.ckpt_dir))
-    for d in (cfg.run_dir, cfg.ckpt_dir):
-        prev = _previous(d)
+    keep_current = not any(_previous(d).exists() for d in _run_dirs(cfg))
+    for d in dirs:
         if keep_current:
-            if prev.exists():
-                shutil.rmtree(prev)
-            if d.exists():
-                d.rename(prev)
-        elif d.exists():
+            d.rename(_previous(d))
+        else:
             shutil.rmtree(d)
-    where = " and ".join(str(_previous(d)) for d in (cfg.run_dir, cfg.ckpt_dir) if _previous(d).exists())
-    print(f"train_group: the previous run of {cfg.name!r} is kept in {where} until this run writes its first "
-          "checkpoint (use --resume to continue a run instead)", flush=True)
+    where = " and ".join(str(_previous(d)) for d in _run_dirs(cfg) if _previous(d).exists())
+    print(f"train_group: the previous run of {cfg.name!r} is kept in {where} until this run finishes "
+          "(use --resume to continue a run instead)", flush=True)
+
+
+def restore_previous_for_resume(cfg: ExperimentConfig) -> bool:
+    """``--resume`` where ``checkpoints/<name>`` has no checkpoint but ``<name>.previous`` has
+    (a fresh run set it aside and died before checkpointing): moves it back, dropping the dead
+    run's leftovers, so the resume continues it.  Global rank 0 only; True if it did."""
+    import shutil
+
+    if _has_checkpoint(cfg.ckpt_dir) or not _has_previous_checkpoint(cfg):
+        return False
+    for d in _run_dirs(cfg):
+        if d.exists():
+            shutil.rmtree(d)
+        if _previous(d).exists():
+            _previous(d).rename(d)
+    print(f"train_group: --resume: continuing the run kept in {_previous(cfg.ckpt_dir)} (the fresh run after it "
+          "never checkpointed)", flush=True)
+    return True
 
 
 def release_previous_run(cfg: ExperimentConfig) -> None:
-    """Deletes the ``.previous`` pair once the new run has a checkpoint of its own."""
+    """Deletes the ``.previous`` pair once the new run has finished."""
     import shutil
 
-    for d in (cfg.run_dir, cfg.ckpt_dir):
+    for d in _run_dirs(cfg):
         if _previous(d).exists():
             shutil.rmtree(_previous(d), ignore_errors=True)
 
@@ -691,6 +728,7 @@ def main(argv: list[str] | None = None) -> int:
         # before any process group.
         cfg = load_config(args.config, overrides)
         preflight(cfg)
+        check_previous_run(cfg, args.resume)
         from recsys.distributed import init_distributed
 
         env = init_distributed(cfg.device)
@@ -728,7 +766,9 @@ def _fail(e: BaseException) -> int:
     # Config and spec errors are the same on every rank; a data error after start-up is the
     # rank's own (it reads its own slice of each batch).
     own = initialized and isinstance(e, LoaderError)
-    report = getattr(e, "report_here", rank == 0 or own)
+    report = getattr(e, "report_here", None)
+    if report is None:
+        report = rank == 0 or own
     if report:
         where = f"[rank {rank}] " if initialized and dist.get_world_size() > 1 else ""
         print(f"train_group: error: {where}{one_line(e)}", file=sys.stderr, flush=True)

@@ -106,3 +106,25 @@ def test_member_init_does_not_depend_on_its_name() -> None:
     ta = [v for k, v in a.state_dict().items() if "embedding_bags" in k]
     tb = [v for k, v in b.state_dict().items() if "embedding_bags" in k]
     assert len(ta) == 3 and all(torch.equal(x, y) for x, y in zip(ta, tb))
+
+
+def test_init_does_not_depend_on_the_cpu_vector_unit() -> None:
+    """Nodes of one job may differ in SIMD support; torch's uniform_/normal_ CPU kernels give
+    different low bits under AVX2 and the default path, so the init must not use them."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib; from recsys.models.embedding_init import TableInit as T; "
+            "print(hashlib.sha256(T('C1', 5000, 16, 3, 'xavier').values(0, 5000).numpy().tobytes()"
+            " + T('C1', 5000, 16, 3, 'normal', 0.01).values(0, 5000).numpy().tobytes()).hexdigest())")
+    digests = set()
+    for cap in ("default", "avx2"):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "ATEN_CPU_CAPABILITY": cap})
+        assert r.returncode == 0, r.stderr[-1000:]
+        digests.add(r.stdout.strip())
+    here = TableInit("C1", 5000, 16, 3, "xavier").values(0, 5000).numpy().tobytes()
+    here += TableInit("C1", 5000, 16, 3, "normal", 0.01).values(0, 5000).numpy().tobytes()
+    assert digests == {hashlib.sha256(here).hexdigest()}

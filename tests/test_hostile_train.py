@@ -251,3 +251,127 @@ def test_manifest_detects_a_changed_small_file(tmp_path: Path) -> None:
     (d / "rank0.pt").unlink()
     with pytest.raises(CheckpointCorrupt, match="rank0.pt: missing"):
         verify_checkpoint(d)
+
+
+# ----------------------------------------------------------------------------- the previous run
+
+
+def test_resume_after_a_fresh_run_that_died_continues_the_set_aside_run(trained: Path, tmp_path: Path) -> None:
+    """A fresh run sets the old one aside and dies before checkpointing; --resume must continue
+    the old run (not start fresh and later delete it)."""
+    cfg = _copy_run(trained, tmp_path)
+    runs, ckpt = _run_dirs(cfg)
+    reference = json.loads((runs / "results.json").read_text())
+    before = snapshot(ckpt)
+    f = cfg.parent / "data" / "train_dense.npy"
+    good = f.read_bytes()
+    arr = np.load(f)
+    arr[:, 0] = 3e38  # the fresh run diverges at step 1, before any checkpoint
+    np.save(f, arr)
+    _fail(cfg)
+    assert_unchanged(before, ckpt.with_name(ckpt.name + ".previous"))
+    f.write_bytes(good)
+    r = run(cfg, 1, "--resume")
+    assert "--resume: continuing the run kept in" in r.stdout, r.stdout
+    assert json.loads((runs / "results.json").read_text())["ensemble"] == reference["ensemble"]
+    assert not ckpt.with_name(ckpt.name + ".previous").exists()
+
+
+def test_fresh_run_refuses_to_drop_an_unfinished_run_with_checkpoints(trained: Path, tmp_path: Path) -> None:
+    cfg = _copy_run(trained, tmp_path)
+    runs, ckpt = _run_dirs(cfg)
+    r = run(cfg, 1, "--fail-at-step", "5", check=False)  # sets the finished run aside, checkpoints at 3, dies
+    assert r.returncode == 17
+    before_prev, before_cur = snapshot(ckpt.with_name(ckpt.name + ".previous")), snapshot(ckpt)
+    assert before_prev and before_cur
+    line = _fail(cfg)
+    assert "holds an unfinished run with checkpoints" in line and "--resume" in line, line
+    assert_unchanged(before_prev, ckpt.with_name(ckpt.name + ".previous"))
+    assert_unchanged(before_cur, ckpt)
+
+
+def test_log_dir_equal_to_checkpoint_dir_keeps_the_previous_run(tmp_path: Path) -> None:
+    from recsys.config import load_config
+    from recsys.train_group import release_previous_run, set_aside_previous_run
+
+    (tmp_path / "data").mkdir()
+    make_data(tmp_path / "data")
+    cfg_path = write_config(tmp_path, "same", ONE, [[0]])
+    cfg_path.write_text(cfg_path.read_text().replace(str(tmp_path / "runs"), str(tmp_path / "ckpt")))
+    cfg = load_config(cfg_path)
+    assert cfg.run_dir == cfg.ckpt_dir
+    (cfg.ckpt_dir / "group0" / "step-00000001").mkdir(parents=True)
+    (cfg.ckpt_dir / "group0" / "step-00000001" / "state.json").write_text("{}")
+    before = snapshot(cfg.ckpt_dir)
+    set_aside_previous_run(cfg)
+    assert_unchanged(before, cfg.ckpt_dir.with_name("same.previous"))
+    release_previous_run(cfg)
+    assert not cfg.ckpt_dir.with_name("same.previous").exists()
+
+
+# ----------------------------------------------------------------------------- more checkpoint damage
+
+
+def _group_ckpt(tmp_path: Path) -> tuple[object, object, object]:
+    """A 1-member group's GroupTrain and optimizer, and a checkpointer without a process group."""
+    import torch
+
+    from recsys.checkpoint import GroupCheckpointer
+    from recsys.ensemble import GroupTrain, build_group
+    from tests.toy_data import toy_schema
+
+    schema = toy_schema(num_fields=2, vocab=20, num_dense=0)
+    model = GroupTrain(build_group(ONE, ["m0"], [0], schema))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return model, opt, GroupCheckpointer(tmp_path / "group0", None, 0)
+
+
+def test_without_a_process_group_load_latest_works_and_a_bad_manifest_is_corrupt(tmp_path: Path) -> None:
+    import torch
+
+    from recsys.checkpoint import CheckpointCorrupt, TrainState, verify_checkpoint
+
+    model, opt, ck = _group_ckpt(tmp_path)
+    d = ck.dir / "step-00000001"
+    d.mkdir(parents=True)
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save({"model": model.state_dict()}, checkpoint_id=str(d))
+    torch.save({"rng": None}, d / "rank0.pt")
+    (d / "state.json").write_text(json.dumps(TrainState(step=1).to_json()))
+    from recsys.checkpoint import write_manifest
+
+    write_manifest(d)
+    state, _ = ck.load_latest(model, None)  # type: ignore[attr-defined]
+    assert state.step == 1
+    for bad in ('{"files": []}', '{"files": {"state.json": {}}}', "{"):
+        (d / "manifest.json").write_text(bad)
+        with pytest.raises(CheckpointCorrupt, match="unreadable manifest"):
+            verify_checkpoint(d)
+
+
+def test_a_checkpoint_that_verifies_but_cannot_load_is_skipped(tmp_path: Path) -> None:
+    """A pre-manifest checkpoint with a damaged shard passes verification (only state.json is
+    checked) and fails inside DCP: the fallback must still take the older intact one."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from recsys.checkpoint import TrainState, write_manifest
+
+    model, _, ck = _group_ckpt(tmp_path)
+    for step in (1, 2):
+        d = ck.dir / f"step-{step:08d}"
+        d.mkdir(parents=True)
+        dcp.save({"model": model.state_dict()}, checkpoint_id=str(d))
+        torch.save({"rng": None}, d / "rank0.pt")
+        (d / "state.json").write_text(json.dumps(TrainState(step=step).to_json()))
+        write_manifest(d)
+    newest = ck.dir / "step-00000002"
+    (newest / "manifest.json").unlink()  # as written before manifests existed
+    shard = newest / "__0_0.distcp"
+    shard.write_bytes(b"\0" * shard.stat().st_size)  # same size, garbage inside
+    said: list[str] = []
+    state, _ = ck.load_latest(model, None, log=said.append)  # type: ignore[attr-defined]
+    assert state.step == 1
+    assert any("step-00000002 is damaged" in s for s in said), said
+    assert (ck.dir / ".damaged-step-00000002").is_dir()

@@ -259,6 +259,8 @@ class _Part:
     sparse: np.ndarray
     labels: np.ndarray
     sparse_path: Path
+    dense_path: Path | None = None  # for messages: the files a bad value came from
+    labels_path: Path | None = None
 
 
 def _check_part(
@@ -339,7 +341,7 @@ class NpySplit:
             n = sparse.shape[0]
             if counts is not None and counts[k] != n:
                 raise LoaderError(f"{sp}: {n} rows, but {meta} lists {counts[k]} for {what}")
-            parts.append(_Part(start, n, 0, dense, sparse, labels, sp))
+            parts.append(_Part(start, n, 0, dense, sparse, labels, sp, dp, lp))
             start += n
         if split in schema.splits and schema.splits[split] != start:
             raise LoaderError(f"{meta}: split {split!r} has {schema.splits[split]} rows, the files hold {start}")
@@ -426,12 +428,12 @@ class NpySplit:
         return dense, sparse, labels
 
     @staticmethod
-    def _locate(i: int, segs: list) -> tuple[Path, int]:
-        """Batch position i -> (the part's sparse file, the row in that file)."""
+    def _locate(i: int, segs: list) -> tuple["_Part", int]:
+        """Batch position i -> (its part, the row in that part's files)."""
         for p, idx in segs:
             m = (idx.stop - idx.start) if isinstance(idx, slice) else len(idx)
             if i < m:
-                return p.sparse_path, (idx.start + i) if isinstance(idx, slice) else int(idx[i])
+                return p, (idx.start + i) if isinstance(idx, slice) else int(idx[i])
             i -= m
         raise AssertionError("unreachable")
 
@@ -444,16 +446,14 @@ class NpySplit:
         """
         if dense.size and not np.isfinite(dense).all():
             i, j = (int(x) for x in np.argwhere(~np.isfinite(dense))[0])
-            path, row = self._locate(i, segs)
+            part, row = self._locate(i, segs)
             name = self.schema.dense_features[j] if j < len(self.schema.dense_features) else f"dense[{j}]"
-            dense_file = path.with_name(path.name.replace("_sparse", "_dense"))
-            raise LoaderError(f"{dense_file} row {row}: dense feature {name!r} is {dense[i, j]} "
+            raise LoaderError(f"{part.dense_path or part.sparse_path} row {row}: dense feature {name!r} is {dense[i, j]} "
                               "(non-finite values would train the model to NaN)")
         if labels.size and not np.isfinite(labels).all():
             i = int(np.argwhere(~np.isfinite(labels))[0, 0])
-            path, row = self._locate(i, segs)
-            labels_file = path.with_name(path.name.replace("_sparse", "_labels"))
-            raise LoaderError(f"{labels_file} row {row}: label is {labels[i]} (labels must be finite, 0 or 1)")
+            part, row = self._locate(i, segs)
+            raise LoaderError(f"{part.labels_path or part.sparse_path} row {row}: label is {labels[i]} (labels must be finite, 0 or 1)")
 
     def _check_ids(self, sparse: np.ndarray, rows: Any, segs: list) -> None:
         """A bad id would fail deep inside fbgemm or silently read the wrong row: name it here."""
@@ -461,9 +461,9 @@ class NpySplit:
             return
         bad = (sparse < 0) | (sparse >= self._vocab)
         i, j = (int(x) for x in np.argwhere(bad)[0])
-        path, row = self._locate(i, segs)
+        part, row = self._locate(i, segs)
         raise LoaderError(
-            f"{path} row {row}: field {self.keys[j]!r} id {int(sparse[i, j])} "
+            f"{part.sparse_path} row {row}: field {self.keys[j]!r} id {int(sparse[i, j])} "
             f"is outside [0, {int(self._vocab[j])}) (num_embeddings in the schema)"
         )
 

@@ -76,7 +76,7 @@ class TorchRecCriteo:
             dense, sparse, labels = _check_part(self.schema, dp, sp, lp, f"day {day} of split {split!r}")
             n = sparse.shape[0]
             lo, hi = int(flo * n), int(fhi * n)
-            parts.append(_Part(start, hi - lo, lo, dense, sparse, labels, sp))
+            parts.append(_Part(start, hi - lo, lo, dense, sparse, labels, sp, dp, lp))
             start += hi - lo
         return NpySplit.from_parts(self.schema, split, parts, id_modulo=self.modulo)
 

@@ -25,6 +25,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 BLOCK_ROWS = 4096  # rows per generator; fixed forever: changing it changes every init
@@ -54,15 +55,22 @@ class TableInit:
             raise ValueError(f"embedding_init must be one of {', '.join(EMBEDDING_INITS)}, got {self.scheme!r}")
 
     def _block(self, b: int) -> torch.Tensor:
+        """One block's values, from numpy's PCG64.  Not torch's ``uniform_``/``normal_``: their
+        CPU kernels take ISA-specific vector paths (AVX2 vs default differ by up to 4e-9 in about
+        half the cells), so two nodes of one job could fill the same rows differently; numpy's
+        generator is the same scalar code everywhere."""
         rows = min(BLOCK_ROWS, self.num_embeddings - b * BLOCK_ROWS)
-        g = torch.Generator().manual_seed(_block_seed(self.seed, self.key, b))
-        out = torch.empty(rows, self.dim, device="cpu")  # explicit: a meta device context must not apply
+        rng = np.random.Generator(np.random.PCG64(_block_seed(self.seed, self.key, b)))
         if self.scheme == "xavier":
-            bound = math.sqrt(6.0 / (self.num_embeddings + self.dim))
-            out.uniform_(-bound, bound, generator=g)
+            bound = np.float32(math.sqrt(6.0 / (self.num_embeddings + self.dim)))
+            vals = rng.random(size=(rows, self.dim), dtype=np.float32)  # [0, 1)
+            vals *= np.float32(2.0) * bound  # separate, correctly rounded ops: exact on every ISA
+            vals -= bound
         else:
-            out.normal_(0.0, self.std, generator=g)
-        return out
+            vals = rng.standard_normal(size=(rows, self.dim), dtype=np.float32)
+            vals *= np.float32(self.std)
+        # explicit CPU: a meta device context (recsys.budget) must not apply here
+        return torch.from_numpy(vals).to("cpu")
 
     def values(self, row_start: int, row_stop: int, col_start: int = 0, col_stop: int | None = None) -> torch.Tensor:
         """Rows [row_start, row_stop) x columns [col_start, col_stop) of the table: [rows, cols] f32."""
