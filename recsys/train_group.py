@@ -602,6 +602,8 @@ def set_aside_previous_run(cfg: ExperimentConfig) -> None:
     if not dirs:
         return
     keep_current = not any(_previous(d).exists() for d in _run_dirs(cfg))
+    if not keep_current:
+        check_previous_run(cfg, resume=False)  # never drop checkpoints (main checks it first, on every rank)
     for d in dirs:
         if keep_current:
             d.rename(_previous(d))
