@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                              "build_s": round(res["build_s"], 2)})
                 print(f"{sharding} {tables / GIB:.2f} GiB {path}: peak {peak / GIB:.2f} GiB per rank, ideal "
                       f"{ideal / GIB:.2f}, ratio {peak / ideal:.2f}x, build+shard {res['build_s']:.1f} s", flush=True)
-    print(f"\n| sharding | tables | path | peak RSS per rank (GiB) | ideal (GiB) | ratio | build + shard (s) |")
+    print("\n| sharding | tables | path | peak RSS per rank (GiB) | ideal (GiB) | ratio | build + shard (s) |")
     print("|---|---:|---|---:|---:|---:|---:|")
     for r in rows:
         if r.get("skipped"):
