@@ -300,28 +300,26 @@ def _all_gather_padded(
 
 
 def _gather_to(
-    local: torch.Tensor, group: dist.ProcessGroup | None, dst: int | None
+    local: torch.Tensor, counts: Sequence[int], group: dist.ProcessGroup | None, dst: int | None
 ) -> list[torch.Tensor] | None:
-    """Every rank's ``local`` (first dims may differ) on group rank ``dst`` only (None: on all).
+    """Every rank's ``local`` (``counts[r]`` rows on rank r, from the headers the callers
+    all-gather anyway) on group rank ``dst`` only (None: on all).
 
     Why not ``all_gather`` when only ``dst`` needs the result: all_gather pads every block to
     the largest and hands all W of them to every rank, W x N rows on each.  For a Criteo-1TB
-    test day (~90M rows x M members) that is gigabytes on every rank of the world.  Here the
-    sizes are all-gathered (one int per rank), then each rank sends its exact block to ``dst``
-    point to point: ``dst`` receives N rows in all, the others hold only their own block.
+    test day (~90M rows x M members) that is gigabytes on every rank of the world.  Here each
+    rank sends its exact block to ``dst`` point to point: ``dst`` receives N rows in all, the
+    others hold only their own block.
     """
     me, world = _world(group)
     if dst is None or world == 1:
         return _all_gather_padded(local, group)
-    n = torch.tensor([local.shape[0]], dtype=torch.int64, device=local.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n, group=group)
     if me != dst:
         if local.shape[0]:
             dist.send(local.contiguous(), group_dst=dst, group=group)
         return None
     out = []
-    for r, c in enumerate(int(x.item()) for x in sizes):
+    for r, c in enumerate(counts):
         if r == me:
             out.append(local)
         elif c:
@@ -354,7 +352,7 @@ def gather_rows(
     """
     header = torch.tensor([row_start, local.shape[0]], dtype=torch.int64, device=local.device)
     headers = [h.tolist() for h in _all_gather_padded(header.unsqueeze(0), group)]
-    blocks = _gather_to(local, group, dst)
+    blocks = _gather_to(local, [int(h[0][1]) for h in headers], group, dst)
     if blocks is None:
         return None
     spans = sorted((int(h[0][0]), int(h[0][1]), r) for r, h in enumerate(headers))
@@ -411,7 +409,7 @@ def assemble_member_logits(
     values[:, :mk] = local_logits.float()
     values[:, num_members] = local_labels.reshape(-1).float()
     headers = _all_gather_padded(header, group)
-    blocks = _gather_to(values, group, dst)
+    blocks = _gather_to(values, [int(h[0, 1]) for h in headers], group, dst)
     if blocks is None:
         return None
 

@@ -23,6 +23,7 @@ import argparse
 import math
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -79,6 +80,18 @@ class TopologySpec:
         if self.ddr_gb is None and self.device == "cpu":
             ddr = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / max(1, self.local_world_size))
         return hbm, ddr
+
+    def usable_bytes(self) -> tuple[int, float]:
+        """(capacity, usable) bytes per rank on the device the plan is for: usable keeps
+        TorchRec's planner reservation free."""
+        hbm, ddr = self.capacity_bytes()
+        cap = hbm if self.device == "cuda" else ddr
+        return cap, cap * (1 - RESERVED_FRACTION)
+
+    @property
+    def cache_ratio(self) -> float:
+        """Share of a UVM-cached table (and its state) held on the device."""
+        return self.uvm_caching_ratio if self.uvm_caching_ratio is not None else 0.2
 
     def topology(self) -> Any:
         from torchrec.distributed.planner import Topology
@@ -140,8 +153,7 @@ class GroupPlan:
 
     def table(self) -> str:
         """Markdown: per rank, exact table and optimizer bytes, estimated input-dist and activations."""
-        hbm, ddr = self.topology.capacity_bytes()
-        cap = hbm if self.topology.device == "cuda" else ddr
+        cap, usable = self.topology.usable_bytes()
         kinds = sorted(set(self.sharding_types.values()))
         lines = [
             f"group {self.group} ({', '.join(self.members)}): {len(self.shards)} shards of "
@@ -158,7 +170,6 @@ class GroupPlan:
                          f"{r.input_dist / GB:.3f} | {r.activations / GB:.3f} | {r.total / GB:.2f} | "
                          f"{100 * r.total / cap:.0f}% |")
         worst = max(self.ranks, key=lambda r: r.total)
-        usable = cap * (1 - RESERVED_FRACTION)
         verdict = "fits: yes" if worst.total <= usable else (
             "fits: NO with the estimates (the exact tables and optimizer state fit; the estimated input "
             "distribution and activations do not)")
@@ -184,11 +195,12 @@ def schema_for_plan(cfg: "ExperimentConfig") -> "Schema":
                   tuple(DEFAULT_INT_NAMES))
 
 
-def _optimizer_bytes(shard: TableShard, optimizer: str) -> int:
+def _optimizer_bytes(rows: int, cols: int, optimizer: str) -> int:
+    """Optimizer-state bytes of a [rows, cols] fp32 table (shard)."""
     factor = OPTIMIZER_STATE_FACTOR[optimizer]
     if factor is None:  # row-wise Adagrad: one float per row
-        return shard.rows * 4
-    return int(shard.bytes * factor)
+        return rows * 4
+    return int(rows * cols * 4 * factor)
 
 
 def plan_shards(plan: "ShardingPlan") -> tuple[list[TableShard], dict[str, str]]:
@@ -211,12 +223,13 @@ def rank_memory(shards: Sequence[TableShard], topo: TopologySpec, optimizer: str
     ids of the global batch for the tables a rank serves, once for each shard of a table that
     receives them) and activations (pooled embeddings out and their gradients back, plus the
     dense part's activations for the rank's slice of the batch)."""
-    ratio = topo.uvm_caching_ratio if topo.uvm_caching_ratio is not None else 0.2
+    ratio = topo.cache_ratio
+    shards_per_table = Counter(s.table for s in shards)
     out = [RankMemory(r) for r in range(topo.world_size)]
     for s in shards:
         r = out[s.rank]
         r.num_shards += 1
-        opt = _optimizer_bytes(s, optimizer)
+        opt = _optimizer_bytes(s.rows, s.cols, optimizer)
         if "uvm" in s.kernel:  # the device holds a cache of the rows (and their state); host memory the rest
             r.tables += int(s.bytes * ratio)
             r.optimizer += int(opt * ratio)
@@ -225,8 +238,7 @@ def rank_memory(shards: Sequence[TableShard], topo: TopologySpec, optimizer: str
             r.tables += s.bytes
             r.optimizer += opt
         # row-wise shards each get the ids of their rows only (~1/n of the batch's)
-        n_row_shards = sum(1 for t in shards if t.table == s.table) if s.sharding_type in ("row_wise",
-                                                                                            "table_row_wise") else 1
+        n_row_shards = shards_per_table[s.table] if s.sharding_type in ("row_wise", "table_row_wise") else 1
         r.input_dist += global_batch * ID_BYTES // n_row_shards
         r.activations += 2 * global_batch * s.cols * 4
     per_rank_batch = math.ceil(global_batch / topo.world_size)
@@ -245,14 +257,10 @@ def _dense_activation_floats(module: "nn.Module") -> int:
 def does_not_fit_message(group: int, shards_of: dict[str, tuple[int, int]], optimizer: str, topo: TopologySpec,
                          sharding_type: str | None, cause: str) -> str:
     """One line: what must fit, what there is, the shortfall, and the largest table."""
-    hbm, ddr = topo.capacity_bytes()
-    cap = hbm if topo.device == "cuda" else ddr
-    usable = cap * (1 - RESERVED_FRACTION)
-    def opt(rows: int, cols: int) -> int:
-        return _optimizer_bytes(TableShard("", 0, rows, cols, "fused", "table_wise"), optimizer)
-    need = sum(r * c * 4 + opt(r, c) for r, c in shards_of.values())
+    cap, usable = topo.usable_bytes()
+    need = sum(r * c * 4 + _optimizer_bytes(r, c, optimizer) for r, c in shards_of.values())
     largest, (rows, cols) = max(shards_of.items(), key=lambda kv: kv[1][0] * kv[1][1])
-    big = rows * cols * 4 + opt(rows, cols)
+    big = rows * cols * 4 + _optimizer_bytes(rows, cols, optimizer)
     where = (f"{topo.world_size} {topo.device} ranks of {cap / GB:.1f} GB ({usable / GB:.1f} GB usable each after "
              f"the planner's {RESERVED_FRACTION:.0%} reservation)")
     if need > usable * topo.world_size:
@@ -276,14 +284,9 @@ def check_fits(group: int, shards: Sequence[TableShard], topo: TopologySpec, opt
     its "fits" is not trusted alone.  Input-distribution and activation memory are estimates
     and stay inside the planner's reservation.
     """
-    hbm, ddr = topo.capacity_bytes()
-    cap = hbm if topo.device == "cuda" else ddr
-    usable = cap * (1 - RESERVED_FRACTION)
-    ratio = topo.uvm_caching_ratio if topo.uvm_caching_ratio is not None else 0.2
-    need = [0] * topo.world_size
-    for sh in shards:
-        resident = sh.bytes + _optimizer_bytes(sh, optimizer)
-        need[sh.rank] += int(resident * ratio) if "uvm" in sh.kernel else resident
+    cap, usable = topo.usable_bytes()
+    # The exact part of rank_memory (tables and optimizer state on the device); no batch estimates.
+    need = [r.tables + r.optimizer for r in rank_memory(shards, topo, optimizer, 0, 0)]
     worst = max(range(topo.world_size), key=lambda r: need[r])
     if need[worst] > usable:
         largest = max((sh for sh in shards if sh.rank == worst), key=lambda sh: sh.bytes)

@@ -217,8 +217,8 @@ def bench_worker(models: list[str], batch_sizes: list[int], steps: int, warmup: 
     """
     import torch
 
-    from recsys.bench.train_step import PlainEBC, bce, bench_schema, make_batches, plain_twin, time_interleaved
-    from recsys.distributed import EmbeddingOptimizerConfig, ShardingConfig, init_distributed, make_optimizer, shard_module
+    from recsys.bench.train_step import bench_schema, make_batches, paired_steps, time_interleaved
+    from recsys.distributed import EmbeddingOptimizerConfig, init_distributed
     from recsys.models import build_member
 
     env = init_distributed(device)
@@ -230,42 +230,14 @@ def bench_worker(models: list[str], batch_sizes: list[int], steps: int, warmup: 
     for bsz in batch_sizes:
         batches = [(d.to(dev), k.to(dev), y.to(dev)) for d, k, y in make_batches(schema, bsz, n=4, zipf=1.1)]
         for name in models:
-            member = build_member(name, schema, name="m0")
-            twin = plain_twin(member).to(dev)
-            dmp = shard_module(member, None, env, emb_opt, ShardingConfig("table_wise"))
-            opt = make_optimizer(dmp, lr=1e-3, emb_opt=emb_opt)
-            emb_params = [p for m in twin.modules() if isinstance(m, PlainEBC) for p in m.parameters()]
-            emb_ids = {id(p) for p in emb_params}
-            dense_opt = torch.optim.Adam([p for p in twin.parameters() if id(p) not in emb_ids], lr=1e-3)
-            sparse_opt = torch.optim.Adagrad(emb_params, lr=0.01)
-
-            def tr_step(i: int) -> None:
-                dense, kjt, labels = batches[i % len(batches)]
-                loss = bce(dmp(dense, kjt), labels)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                if on_gpu:
-                    torch.cuda.synchronize(dev)
-
-            def plain_step(i: int) -> None:
-                dense, kjt, labels = batches[i % len(batches)]
-                loss = bce(twin(dense, kjt), labels)
-                dense_opt.zero_grad()
-                sparse_opt.zero_grad()
-                loss.backward()
-                dense_opt.step()
-                sparse_opt.step()
-                if on_gpu:
-                    torch.cuda.synchronize(dev)
-
+            tr_step, plain_step = paired_steps(build_member(name, schema, name="m0"), emb_opt, env, batches)
             if on_gpu:
                 torch.cuda.reset_peak_memory_stats(dev)
             t_tr, t_plain = time_interleaved([tr_step, plain_step], warmup, steps)
             peak = torch.cuda.max_memory_allocated(dev) / 2**30 if on_gpu else float("nan")
             rows.append({"model": name, "batch_size": bsz, "torchrec_eps": bsz / t_tr, "plain_eps": bsz / t_plain,
                          "ratio": t_plain / t_tr, "peak_mem_gib": peak})
-            del dmp, opt, twin
+            del tr_step, plain_step  # they hold the sharded member and its twin
             if on_gpu:
                 torch.cuda.empty_cache()
     return rows

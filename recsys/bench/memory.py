@@ -131,29 +131,17 @@ class PeakSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _children(self, pid: int) -> list[int]:
-        out = []
-        try:
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/children") as f:
-                    out += [int(c) for c in f.read().split()]
-        except OSError:
-            pass
-        return out
-
     def _run(self) -> None:
+        from recsys.bench.preprocess import tree_pids
+
         while not self._stop.is_set():
-            todo = [self.root]
-            while todo:
-                pid = todo.pop()
-                todo += self._children(pid)
+            for pid in tree_pids(self.root):
                 try:
                     with open(f"/proc/{pid}/status") as f:
                         for line in f:
                             if line.startswith("VmHWM:"):
-                                kb = int(line.split()[1])
-                                self.peaks[pid] = max(self.peaks.get(pid, 0), kb * 1024)
-                except OSError:
+                                self.peaks[pid] = max(self.peaks.get(pid, 0), int(line.split()[1]) * 1024)
+                except OSError:  # it just exited
                     pass
             self._stop.wait(self.every_s)
 

@@ -53,25 +53,34 @@ class Measurement:
         return self.rows / self.seconds
 
 
-def _tree_rss_kb(root: int) -> int:
-    """Sum of RSS over ``root`` and all its descendants (Linux /proc).
-
-    Walks the tree through ``/proc/<pid>/task/<tid>/children``: a few reads per sample.
-    Scanning every process in /proc instead cost ~3 ms of CPU per sample, ~15% of a core
-    at 20 ms intervals, which on a 2-core machine slowed a 2-worker converter and not the
-    single-threaded TorchRec one.
-    """
-    page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
-    total, stack = 0, [root]
+def tree_pids(root: int) -> list[int]:
+    """``root`` and all its descendants (Linux /proc), walked through
+    ``/proc/<pid>/task/<tid>/children``: a few reads per sample.  Scanning every process in
+    /proc instead cost ~3 ms of CPU per sample, ~15% of a core at 20 ms intervals, which on a
+    2-core machine slowed a 2-worker converter and not the single-threaded TorchRec one.
+    A process that exits during the walk is left out with its children."""
+    out, stack = [], [root]
     while stack:
         pid = stack.pop()
+        out.append(pid)
         try:
-            with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * page_kb
             for tid in os.listdir(f"/proc/{pid}/task"):
                 with open(f"/proc/{pid}/task/{tid}/children") as f:
                     stack += [int(c) for c in f.read().split()]
-        except (OSError, IndexError, ValueError):  # the process (or thread) just exited
+        except (OSError, ValueError):  # the process (or thread) just exited
+            continue
+    return out
+
+
+def _tree_rss_kb(root: int) -> int:
+    """Sum of RSS over ``root`` and all its descendants (``tree_pids``)."""
+    page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * page_kb
+        except (OSError, IndexError, ValueError):  # it just exited
             continue
     return total
 

@@ -181,6 +181,50 @@ def bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nn.functional.binary_cross_entropy_with_logits(logits, labels)
 
 
+def paired_steps(
+    member: Member, emb_opt: EmbeddingOptimizerConfig, env, batches: list
+) -> tuple[Callable[[int], None], Callable[[int], None]]:
+    """``(tr_step, plain_step)``: one training step of ``member`` sharded by DMP with the fused
+    embedding optimizer, and one of its plain ``nn.EmbeddingBag`` twin (dense Adam, sparse
+    Adagrad at ``emb_opt``'s lr and eps), each on batch ``i % len(batches)``.  On CUDA each step
+    ends with a synchronize, so wall time is the step's real time.  ``member`` is consumed
+    (DMP swaps its EBC); both ``recsys.bench.train_step`` and ``recsys.bench.gpu_check`` time
+    these two.
+    """
+    dev = env.device
+    twin = plain_twin(member).to(dev)
+    dmp = shard_module(member, None, env, emb_opt, ShardingConfig("table_wise"))
+    opt = make_optimizer(dmp, lr=1e-3, emb_opt=emb_opt)
+    emb_params = [p for m in twin.modules() if isinstance(m, PlainEBC) for p in m.parameters()]
+    emb_ids = {id(p) for p in emb_params}
+    dense_opt = torch.optim.Adam([p for p in twin.parameters() if id(p) not in emb_ids], lr=1e-3)
+    sparse_opt = torch.optim.Adagrad(emb_params, lr=emb_opt.lr, eps=emb_opt.eps)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    def tr_step(i: int) -> None:
+        dense, kjt, labels = batches[i % len(batches)]
+        loss = bce(dmp(dense, kjt), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sync()
+
+    def plain_step(i: int) -> None:
+        dense, kjt, labels = batches[i % len(batches)]
+        loss = bce(twin(dense, kjt), labels)
+        dense_opt.zero_grad()
+        sparse_opt.zero_grad()
+        loss.backward()
+        dense_opt.step()
+        sparse_opt.step()
+        sync()
+
+    return tr_step, plain_step
+
+
 def bench_model(
     spec: str,
     schema: Schema,
@@ -193,31 +237,7 @@ def bench_model(
 ) -> Row:
     member = build_member(spec, schema, name="m0")
     flops = member.flops_per_example()
-    twin = plain_twin(member)
-    dmp = shard_module(member, None, env, emb_opt, ShardingConfig("table_wise"))
-    opt = make_optimizer(dmp, lr=1e-3, emb_opt=emb_opt)
-
-    def tr_step(i: int) -> None:
-        dense, kjt, labels = batches[i % len(batches)]
-        loss = bce(dmp(dense, kjt), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    emb_params = [p for m in twin.modules() if isinstance(m, PlainEBC) for p in m.parameters()]
-    emb_ids = {id(p) for p in emb_params}
-    dense_opt = torch.optim.Adam([p for p in twin.parameters() if id(p) not in emb_ids], lr=1e-3)
-    sparse_opt = torch.optim.Adagrad(emb_params, lr=emb_opt.lr, eps=emb_opt.eps)
-
-    def plain_step(i: int) -> None:
-        dense, kjt, labels = batches[i % len(batches)]
-        loss = bce(twin(dense, kjt), labels)
-        dense_opt.zero_grad()
-        sparse_opt.zero_grad()
-        loss.backward()
-        dense_opt.step()
-        sparse_opt.step()
-
+    tr_step, plain_step = paired_steps(member, emb_opt, env, batches)
     t_tr, t_plain = time_interleaved([tr_step, plain_step], warmup, steps)
     # The roofline is re-measured next to each model: the shared machine's load
     # drifts by 2x over a run, and the fraction should compare like with like.
