@@ -117,11 +117,9 @@ HASHED_MAX_BYTES = 16 << 20  # files up to this size get a sha256 in the manifes
 class CheckpointCorrupt(UserError, RuntimeError):
     """A checkpoint whose files do not match its manifest, or that cannot be read; names the file.
 
-    ``report_here`` (set by ``GroupCheckpointer``): True on the group's rank 0 only, so the
+    ``GroupCheckpointer`` sets ``report_here`` (``UserError``) on the group's rank 0, so the
     line is printed once whichever global ranks the group has (``recsys.train_group._fail``).
     """
-
-    report_here: bool | None = None
 
 
 def _sha256(path: Path) -> str:

@@ -20,7 +20,14 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """A problem with the user's input, reported as one line (never a traceback)."""
+    """A problem with the user's input, reported as one line (never a traceback).
+
+    ``report_here``: in a multi-rank job, whether this rank prints the line (None: the CLI
+    decides, e.g. rank 0 only for errors every rank hits alike).  Errors one group or rank
+    finds set it, so the line is printed once, by the rank that knows.
+    """
+
+    report_here: bool | None = None
 
 
 def one_line(e: BaseException | str) -> str:

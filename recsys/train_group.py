@@ -768,7 +768,7 @@ def _fail(e: BaseException) -> int:
     # Config and spec errors are the same on every rank; a data error after start-up is the
     # rank's own (it reads its own slice of each batch).
     own = initialized and isinstance(e, LoaderError)
-    report = getattr(e, "report_here", None)
+    report = e.report_here if isinstance(e, UserError) else None
     if report is None:
         report = rank == 0 or own
     if report:
