@@ -108,6 +108,37 @@ def merge_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits.mean(dim=1)
 
 
+def stack_member_logits(
+    blocks: Sequence[torch.Tensor], columns: Sequence[Sequence[int]], num_members: int
+) -> torch.Tensor:
+    """Places each group's [N, M_k] logits at its members' columns of one [N, M] matrix.
+
+    Why one function: training (merging across groups on rank 0) and offline evaluation
+    (one checkpoint per group) both assemble the ensemble's matrix from per-group blocks,
+    and both must refuse a block of the wrong height or a member placed twice or never.
+
+    Example::
+
+        m = stack_member_logits([torch.zeros(5, 2), torch.ones(5, 1)], [[0, 2], [1]], 3)
+        m.shape                                   # torch.Size([5, 3]); column 1 is ones
+    """
+    if len(blocks) != len(columns) or not blocks:
+        raise ValueError(f"stack_member_logits: {len(blocks)} blocks for {len(columns)} column lists")
+    n = blocks[0].shape[0]
+    seen = [0] * num_members
+    out = torch.empty((n, num_members), dtype=torch.float32)
+    for block, cols in zip(blocks, columns):
+        if block.dim() != 2 or block.shape != (n, len(cols)):
+            raise ValueError(f"stack_member_logits: block of shape {tuple(block.shape)}, expected ({n}, {len(cols)})")
+        for c in cols:
+            seen[c] += 1
+        out[:, list(cols)] = block.detach().float().cpu()
+    bad = [i for i, k in enumerate(seen) if k != 1]
+    if bad:
+        raise ValueError(f"stack_member_logits: member column(s) {bad} placed {[seen[i] for i in bad]} times")
+    return out
+
+
 @torch.fx.wrap
 def mean_logit_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """BCE-with-logits of the mean logit: logits [B, M], labels [B] -> scalar.

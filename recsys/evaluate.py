@@ -701,9 +701,9 @@ def _run_cli(args: argparse.Namespace) -> int:
         labels = res.labels.float().cpu()
         t_forward += res.timings["forward"]
         print(f"group {k} ({', '.join(names[i] for i in idx)}): step {step}, {res.member_logits.shape[0]} rows")
-    order = [i for g in cfg.groups for i in g]
-    member_logits = torch.empty((blocks[0].shape[0], len(names)))
-    member_logits[:, order] = torch.cat(blocks, dim=1)
+    from recsys.ensemble import stack_member_logits
+
+    member_logits = stack_member_logits(blocks, cfg.groups, len(names))
     assert labels is not None
     report = score(member_logits, labels, names, cfg.groups, extra={"split": args.split, "config": str(args.config)})
     out_dir = Path(args.out) if args.out else cfg.run_dir

@@ -464,13 +464,15 @@ def merge_across_groups(
     if env.rank != 0:
         return None
     first = results[0].val if split == "val" else results[0].test
-    out = torch.zeros((first.member_logits.shape[0], num_members), dtype=torch.float32)
+    from recsys.ensemble import stack_member_logits
+
+    blocks = []
     for r in results:
         res = r.val if split == "val" else r.test
         if not torch.equal(res.labels, first.labels):
             raise RuntimeError(f"{split}: group {r.index} scored different rows than group 0 (loader mismatch)")
-        out[:, r.members] = res.member_logits.float().cpu()
-    return out, first.labels.float().cpu()
+        blocks.append(res.member_logits)
+    return stack_member_logits(blocks, [r.members for r in results], num_members), first.labels.float().cpu()
 
 
 def train(

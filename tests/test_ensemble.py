@@ -166,3 +166,16 @@ def test_validate_groups_errors(groups, match):
     with pytest.raises(ValueError, match=match) as e:
         validate_groups(3, groups)
     assert "\n" not in str(e.value)
+
+
+def test_stack_member_logits_places_columns_and_checks_coverage():
+    from recsys.ensemble import stack_member_logits
+
+    a = torch.arange(10.0).reshape(5, 2)
+    b = torch.full((5, 1), -1.0)
+    m = stack_member_logits([a, b], [[0, 2], [1]], 3)
+    assert torch.equal(m[:, 0], a[:, 0]) and torch.equal(m[:, 2], a[:, 1]) and torch.equal(m[:, 1], b[:, 0])
+    with pytest.raises(ValueError, match="placed"):
+        stack_member_logits([a, b], [[0, 1], [1]], 3)
+    with pytest.raises(ValueError, match="shape"):
+        stack_member_logits([a, torch.zeros(4, 1)], [[0, 2], [1]], 3)
