@@ -153,7 +153,7 @@ class PeakSampler:
         self._stop.set()
         self._thread.join()
 
-    def ranks(self, top: int = 2) -> list[float]:
+    def ranks(self, top: int = 2) -> list[int]:
         """The ``top`` largest peaks (the ranks; torchrun's own process is far smaller)."""
         return sorted(self.peaks.values(), reverse=True)[:top]
 
