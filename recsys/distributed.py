@@ -57,6 +57,13 @@ class DistEnv:
     local_rank: int
     device: torch.device
     backend: str  # "gloo" | "nccl"
+    # Ranks per node (torchrun's LOCAL_WORLD_SIZE): a global rank's CUDA shard lives on
+    # cuda:{rank % local_world_size}.  0 (a hand-built env) = one node: world_size.
+    local_world_size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.local_world_size <= 0:
+            self.local_world_size = self.world_size
 
 
 def _free_port() -> int:
@@ -69,7 +76,9 @@ def init_distributed(device: str = "auto") -> DistEnv:
     """Joins the torchrun/torchx world (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 
     Without torchrun's env it starts a 1-process world on a free localhost port, so
-    ``python recsys/train_group.py`` runs the same code path as a launched job.
+    ``python recsys/train_group.py`` runs the same code path as a launched job.  The
+    launcher's variables are read here and nowhere else: the returned ``DistEnv`` carries
+    them (``local_world_size``: LOCAL_WORLD_SIZE, else the world size, i.e. one node).
     ``device``: "auto" (cuda + nccl if CUDA is available, else cpu + gloo), "cpu" or
     "cuda".  If a process group already exists it is reused.
 
@@ -84,7 +93,9 @@ def init_distributed(device: str = "auto") -> DistEnv:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but torch.cuda.is_available() is False")
     backend = "nccl" if device == "cuda" else "gloo"
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "0"))  # 0: the world size, below
     if device == "cuda":
         visible = torch.cuda.device_count()
         if local_rank >= visible:
@@ -97,14 +108,14 @@ def init_distributed(device: str = "auto") -> DistEnv:
     else:
         dev = torch.device("cpu")
     if not dist.is_initialized():
-        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        if launched:
             dist.init_process_group(backend=backend, init_method="env://")
         else:
             port = _free_port()
             dist.init_process_group(
                 backend=backend, init_method=f"tcp://localhost:{port}", rank=0, world_size=1
             )
-    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, dist.get_backend())
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, dist.get_backend(), local_world_size)
 
 
 def group_schedule(world_size: int, groups: list[list[int]]) -> list[list[int]] | None:
@@ -271,11 +282,14 @@ def build_plan(
     topology: Any = None,
     group_index: int = 0,
     optimizer: str = "rowwise_adagrad",
+    *,
+    local_world_size: int,
 ) -> ShardingPlan:
     """Plans all EBC tables of ``module`` over the ranks of ``pg`` (ranks group-local).
 
     The planner gets the group's ``Topology`` with each rank's memory (``topology``, a
-    ``recsys.plan.TopologySpec``; None = detected for this device) and the constraints of
+    ``recsys.plan.TopologySpec``; None = detected for this device, with ``local_world_size``
+    ranks per node, ``DistEnv.local_world_size``) and the constraints of
     ``planner_constraints``.  A plan that cannot fit raises ``PlanDoesNotFit`` (one line:
     the shortfall and the largest table) on every rank of the group, before any shard is
     allocated (the tables are still on ``meta``).  For the dense-kernel path (Adam on CPU)
@@ -287,8 +301,7 @@ def build_plan(
 
     world = pg.size()
     if topology is None:
-        local = min(world, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
-        topology = TopologySpec(world_size=world, local_world_size=local, device=device.type)
+        topology = TopologySpec(world_size=world, local_world_size=min(world, local_world_size), device=device.type)
     planner = EmbeddingShardingPlanner(
         topology=topology.topology(),
         constraints=planner_constraints(module, world, device, sharder, sharding, dense_kernel, topology),
@@ -388,7 +401,8 @@ def shard_module(
     inits = table_inits(module)
     dense_kernel = uses_dense_kernel(emb_opt, env.device)
     sharder = RowWiseEBCSharder(fused_params=None if dense_kernel else _fused_params(emb_opt))
-    plan = build_plan(module, group, env.device, sharder, sharding, dense_kernel, topology, group_index, emb_opt.name)
+    plan = build_plan(module, group, env.device, sharder, sharding, dense_kernel, topology, group_index, emb_opt.name,
+                      local_world_size=env.local_world_size)
     # Modules with batch statistics over the group's ranks (D-MoE's de-correlation
     # term) must use this group, not the world: see recsys/models/dmoe.py.
     for m in module.modules():
@@ -396,8 +410,7 @@ def shard_module(
         if callable(set_pg):
             set_pg(group)
     # Ranks per node: where a global rank's CUDA shard lives is cuda:{rank % this}.
-    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", torch.cuda.device_count() or group.size()))
-    torchrec_compat.globalize_placements(plan, group, max(local_world_size, 1))
+    torchrec_compat.globalize_placements(plan, group, max(env.local_world_size, 1))
     dmp = DistributedModelParallel(
         module,
         env=ShardingEnv.from_process_group(group),
