@@ -41,11 +41,9 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimiz
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recsys import torchrec_compat
-
-# The single source of the valid names (recsys.config imports them; it adds its own
-# "auto" / None choices on top).
-SHARDING_TYPES = ("table_wise", "row_wise", "column_wise")
-EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam")
+from recsys.config.schema import EMBEDDING_OPTIMIZER_NAMES as EMBEDDING_OPTIMIZERS
+from recsys.config.schema import SHARDING_TYPE_NAMES as SHARDING_TYPES
+from recsys.config.schema import EmbeddingOptimizerConfig, ShardingConfig
 
 
 @dataclass
@@ -148,40 +146,6 @@ def new_subgroups(rank_lists: list[list[int]]) -> list[dist.ProcessGroup]:
     ``dist.GroupMember.NON_GROUP_MEMBER`` and must not be used.
     """
     return [dist.new_group(ranks=sorted(ranks)) for ranks in rank_lists]
-
-
-@dataclass
-class EmbeddingOptimizerConfig:
-    """The embedding tables' optimizer.
-
-    rowwise_adagrad | adagrad | sgd are FBGEMM fused (applied in backward) on CPU and
-    CUDA.  adam is fused on CUDA; FBGEMM refuses Adam on CPU, so there the tables use
-    the ``dense`` compute kernel and ``torch.optim.Adam`` (see ``make_optimizer``).
-    """
-
-    name: str = "rowwise_adagrad"
-    lr: float = 0.01
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.name not in EMBEDDING_OPTIMIZERS:
-            raise ValueError(
-                f"unknown embedding optimizer {self.name!r}; valid: {', '.join(EMBEDDING_OPTIMIZERS)}"
-            )
-
-
-@dataclass
-class ShardingConfig:
-    """``sharding_type`` None lets the planner choose (never data_parallel)."""
-
-    sharding_type: str | None = None  # None | table_wise | row_wise | column_wise
-
-    def __post_init__(self) -> None:
-        if self.sharding_type is not None and self.sharding_type not in SHARDING_TYPES:
-            raise ValueError(
-                f"unknown sharding type {self.sharding_type!r}; valid: {', '.join(SHARDING_TYPES)} (or None)"
-            )
 
 
 class RowWiseEBCSharder(EmbeddingBagCollectionSharder):

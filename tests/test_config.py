@@ -285,3 +285,13 @@ def test_shipped_torchrec_layout_config_parses() -> None:
     assert [d for d, _, _ in days["train"]] == list(range(23))
     assert days["val"] == [(23, 0.0, 0.5)] and days["test"] == [(23, 0.5, 1.0)]
     assert isinstance(tr.num_embeddings_per_feature, list) and len(tr.num_embeddings_per_feature) == 26
+
+
+def test_import_is_light() -> None:
+    """``import recsys.config`` pulls in neither torch nor torchrec (the launcher reads configs
+    before anything heavy): checks that need torch import it inside the check."""
+    code = ("import sys, recsys.config; "
+            "print(sorted(m for m in ('torch', 'torchrec', 'fbgemm_gpu', 'numpy') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout
