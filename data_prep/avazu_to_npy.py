@@ -1,4 +1,4 @@
-"""Convert raw avazu logs to recsys npy arrays + meta.json (a thin CLI; see recsys/data/preprocess.py).
+"""Convert raw avazu logs to recsys npy arrays + meta.json (a thin CLI; see recsys/data/convert/).
 
 Run `python data_prep/avazu_to_npy.py --help` for flags and examples.
 """
@@ -9,7 +9,7 @@ import sys
 # converter's workers on a small machine; the converters never call BLAS
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from recsys.data.preprocess import main  # noqa: E402
+from recsys.data.convert.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main("avazu"))

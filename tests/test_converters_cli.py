@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys.data import preprocess
-from recsys.data.preprocess import main
+from recsys.data.convert import SplitWriter, driver, main
 from recsys.data.synth import write_avazu, write_criteo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,8 +95,8 @@ def test_wrong_dataset_criteo_to_avazu_and_kdd12(tmp_path: Path, capsys: pytest.
 @pytest.mark.parametrize("engine", ["native", "arrow"])
 def test_bad_rows_below_threshold_are_counted_and_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                            monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
-    real = preprocess.resolve_engine
-    monkeypatch.setattr(preprocess, "resolve_engine", lambda _e, dataset, **kw: real(engine, dataset, **kw))
+    real = driver.resolve_engine
+    monkeypatch.setattr(driver, "resolve_engine", lambda _e, dataset, **kw: real(engine, dataset, **kw))
     rows = criteo_rows(2000)
     rows.insert(5, "\n")  # an empty line (line 6) is skipped but still counts for line numbers
     rows[9] = rows[9].replace("\t", "\t\t", 1)  # line 10: 41 columns
@@ -157,7 +156,7 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     src.write_text("".join(criteo_rows(3000)))
     out = tmp_path / "o"
     calls = {"n": 0}
-    real_append = preprocess.SplitWriter.append
+    real_append = SplitWriter.append
 
     def flaky(self, parts):  # type: ignore[no-untyped-def]
         calls["n"] += 1
@@ -165,7 +164,7 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
             raise KeyboardInterrupt
         real_append(self, parts)
 
-    monkeypatch.setattr(preprocess.SplitWriter, "append", flaky)
+    monkeypatch.setattr(SplitWriter, "append", flaky)
     rc = main("criteo", ["--input", str(src), "--output", str(out), "--no-progress", "--chunk-mb", "0.1",
                          "--hash", "100", "--workers", "1"])
     assert rc == 130 and calls["n"] == 2

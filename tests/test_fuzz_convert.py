@@ -1,4 +1,4 @@
-"""Seeded fuzz of the converters' CLI contract (``preprocess.main``, in-process for speed).
+"""Seeded fuzz of the converters' CLI contract (``recsys.data.convert.main``, in-process for speed).
 
 Each round mutates valid Criteo / Avazu / KDD12 text (byte flips, truncation, inserted
 delimiters, quotes, CRs and NULs, numbers at the extremes, random unicode, shuffled
@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 from hostile_util import assert_unchanged, converter_leftovers, one_line_error, snapshot
-from recsys.data.preprocess import main
+from recsys.data.convert import main
 from recsys.data.schema import Schema
 from recsys.data.synth import write_avazu, write_criteo, write_kdd12
 

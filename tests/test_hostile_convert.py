@@ -3,7 +3,7 @@
 Every case asserts three things (tests/hostile_util.py): the exit code, ONE error line that
 names the file, row, flag or path at fault, and that the previous conversion in --output
 (arrays, meta.json and a file of the user's) is byte-identical afterwards, with no staging
-dir or temp file left.  Most cases call ``preprocess.main`` in-process (fast); the ones about
+dir or temp file left.  Most cases call ``recsys.data.convert.main`` in-process (fast); the ones about
 the real process (truncated .gz in each CLI, kill -9, SIGTERM, a full disk) run the CLI.
 """
 from __future__ import annotations
@@ -32,8 +32,9 @@ from hostile_util import (
     run_cli_file_limit,
     snapshot,
 )
-from recsys.data import fast_parse, preprocess
-from recsys.data.preprocess import ConvertConfig, SplitWriter, convert, main
+from recsys.data.convert import ConvertConfig, SplitWriter, convert, main
+from recsys.data.convert import cli, driver, kernels, parse_arrow, staging, writer
+from recsys.data.convert import pool as convert_pool
 from recsys.data.schema import Schema
 from recsys.data.synth import write_avazu, write_criteo, write_kdd12
 
@@ -72,7 +73,7 @@ def previous(tmp_path: Path, raw: dict[str, Path], dataset: str = "criteo", **kw
 
 
 def run_main(dataset: str, argv: list[str]) -> tuple[int, str]:
-    """``preprocess.main`` in-process: (exit code, stderr); an exception escaping it fails the test."""
+    """``recsys.data.convert.main`` in-process: (exit code, stderr); an exception escaping it fails the test."""
     err = io.StringIO()
     with redirect_stderr(err):
         try:
@@ -480,11 +481,11 @@ def test_non_finite_dense_value_stops_the_run(tmp_path: Path, raw: dict[str, Pat
     src = tmp_path / "nan_inside.tsv"
     src.write_text("\n".join(lines) + "\n")
     if engine == "native":
-        table = fast_parse._LOG_TABLE.copy()
+        table = kernels._LOG_TABLE.copy()
         table[12345] = np.nan
-        monkeypatch.setattr(fast_parse, "_LOG_TABLE", table)
+        monkeypatch.setattr(kernels, "_LOG_TABLE", table)
     else:
-        real = preprocess._typed_numeric
+        real = parse_arrow._typed_numeric
 
         def faulty(col, v, empty, numeric):  # type: ignore[no-untyped-def]
             res = real(col, v, empty, numeric)
@@ -492,7 +493,7 @@ def test_non_finite_dense_value_stops_the_run(tmp_path: Path, raw: dict[str, Pat
                 res.dense[v == 12345] = np.inf
             return res
 
-        monkeypatch.setattr(preprocess, "_typed_numeric", faulty)
+        monkeypatch.setattr(parse_arrow, "_typed_numeric", faulty)
     rc, err = run_main("criteo", ["--input", str(src), "--output", str(out), *QUIET, "--engine", engine,
                                   "--numeric", "dense", "--chunk-mb", "0.0625"])
     assert_failed_cleanly(rc, err, 1, f"{src}:301: dense feature I5 is", "nothing written", out=out, before=before)
@@ -507,7 +508,7 @@ def test_keyboard_interrupt_keeps_the_old_output(tmp_path: Path, raw: dict[str, 
     big = tmp_path / "big.tsv"
     write_criteo(big, 3000, seed=1)
     calls = {"n": 0}
-    real = preprocess.run_count_chunk
+    real = driver.run_count_chunk
 
     def interrupted(job, task):  # type: ignore[no-untyped-def]
         calls["n"] += 1
@@ -515,7 +516,7 @@ def test_keyboard_interrupt_keeps_the_old_output(tmp_path: Path, raw: dict[str, 
             raise KeyboardInterrupt
         return real(job, task)
 
-    monkeypatch.setattr(preprocess, "run_count_chunk", interrupted)
+    monkeypatch.setattr(driver, "run_count_chunk", interrupted)
     rc, err = run_main("criteo", ["--input", str(big), "--output", str(out), *QUIET, "--chunk-mb", "0.0625"])
     assert rc == 130 and calls["n"] == 3 and f"interrupted; {out} left as it was" in err
     assert_unchanged(before, out)
@@ -540,7 +541,7 @@ def test_commit_closes_every_file_and_reports_once(tmp_path: Path, monkeypatch: 
     """Three of nine closes fail (disk full while flushing): all nine are closed anyway, the one
     error names the first and counts the rest, and abort deletes every file."""
     w = SplitWriter(tmp_path, 2, 3)
-    real = preprocess.NpyAppender.close
+    real = writer.NpyAppender.close
     failing = {"train_sparse.npy.tmp", "val_dense.npy.tmp", "test_labels.npy.tmp"}
 
     def close(self):  # type: ignore[no-untyped-def]
@@ -548,7 +549,7 @@ def test_commit_closes_every_file_and_reports_once(tmp_path: Path, monkeypatch: 
         if self.path.name in failing:
             raise OSError(28, "No space left on device", str(self.path))
 
-    monkeypatch.setattr(preprocess.NpyAppender, "close", close)
+    monkeypatch.setattr(writer.NpyAppender, "close", close)
     with pytest.raises(OSError) as e:
         w.commit()
     assert e.value.errno == 28 and e.value.filename.endswith("train_sparse.npy.tmp")
@@ -562,7 +563,7 @@ def test_commit_closes_every_file_and_reports_once(tmp_path: Path, monkeypatch: 
 SLOW_CLI = r"""
 import sys, time
 from pathlib import Path
-from recsys.data import preprocess as p
+from recsys.data.convert import cli, driver as p
 marker, phase, after = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 real = getattr(p, phase)
 calls = [0]
@@ -574,12 +575,12 @@ def slow(job, item):
         time.sleep(600)
     return out
 setattr(p, phase, slow)
-sys.exit(p.main("criteo", sys.argv[4:]))
+sys.exit(cli.main("criteo", sys.argv[4:]))
 """
 
 
 def _start_slow_cli(tmp_path: Path, phase: str, after: int, argv: list[str]) -> tuple[subprocess.Popen, Path]:
-    """The converter CLI (``preprocess.main`` in a fresh process) stopped for good in ``phase``
+    """The converter CLI (``recsys.data.convert.main`` in a fresh process) stopped for good in ``phase``
     after ``after`` chunks: a deterministic mid-run point to kill it at, whatever the machine."""
     marker = tmp_path / f"ready_{phase}"
     proc = subprocess.Popen([sys.executable, "-c", SLOW_CLI, str(marker), phase, str(after), *argv], cwd=REPO,
@@ -642,18 +643,19 @@ def test_sigterm_cleans_up_at_once(tmp_path: Path, raw: dict[str, Path]) -> None
 
 
 POOL_TERMINATE = r"""
-from recsys.data import preprocess as p
+from recsys.data.convert import pool as p
+from recsys.data.convert.errors import InputError
 def big(job, item):
     return b"x" * (8 << 20)  # a result larger than a pipe's buffer: sent in many writes
 def items():
     yield from range(8)
-    raise p.InputError("damaged input found mid-run")
+    raise InputError("damaged input found mid-run")
 for attempt in range(4):
     pool = p.make_pool(4, "arrow")
     try:
         for _ in p.ordered_map(big, items(), None, pool, 4):
             pass
-    except p.InputError:
+    except InputError:
         pass
     pool.terminate()
     pool.join()
@@ -681,8 +683,8 @@ def test_pool_workers_do_not_inherit_the_sigterm_handler() -> None:
     """main() turns SIGTERM into an exception; a forked worker that inherited it would ignore
     Pool.terminate()'s SIGTERM while busy in C code or blocked on the task queue (seen: a worker
     left stuck forever).  Workers reset it to the default action."""
-    old = signal.signal(signal.SIGTERM, preprocess._on_sigterm)  # as main() does; restored below
-    pool = preprocess.make_pool(2, "arrow")
+    old = signal.signal(signal.SIGTERM, cli._on_sigterm)  # as main() does; restored below
+    pool = convert_pool.make_pool(2, "arrow")
     try:
         pool.apply(time.sleep, (0,))  # the initializer has run in at least one worker
         time.sleep(0.2)
@@ -700,8 +702,8 @@ def test_pool_workers_do_not_inherit_the_sigterm_handler() -> None:
 
 TERMINATE_AT_ONCE = r"""
 import signal
-from recsys.data import preprocess as p
-signal.signal(signal.SIGTERM, p._on_sigterm)  # as main() does
+from recsys.data.convert import cli, pool as p
+signal.signal(signal.SIGTERM, cli._on_sigterm)  # as main() does
 for attempt in range(100):  # a failure right at the start of a run: the pool is terminated at once
     pool = p.make_pool(2, "arrow")
     pool.terminate()
@@ -762,7 +764,7 @@ def test_reconversion_replaces_arrays_and_keeps_the_users_files(tmp_path: Path, 
 def test_two_rename_fallback_swap(tmp_path: Path, raw: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """Where renameat2(RENAME_EXCHANGE) is missing: the same result through two renames."""
     out, _ = previous(tmp_path, raw)
-    monkeypatch.setattr(preprocess, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(staging, "_exchange", lambda a, b: False)
     rc, err = run_main("criteo", ["--input", str(raw["criteo"]), "--output", str(out),
                                   *QUIET, "--min-count", "2"])
     assert rc == 0, err

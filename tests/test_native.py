@@ -1,6 +1,7 @@
 """The C kernels' build and load (recsys/data/native.py), and the converter's fallback without a compiler."""
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -8,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys.data import native, preprocess
-from recsys.data.preprocess import ConvertConfig, InputError, convert, resolve_engine
+from recsys.data import native
+from recsys.data.convert import ConvertConfig, InputError, convert
+from recsys.data.convert.parse_native import resolve_engine
+from recsys.data.convert.vocab import VocabCache
 from recsys.data.synth import write_criteo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +48,7 @@ def test_unloadable_library_is_a_clear_error(tmp_path: Path, monkeypatch: pytest
 
 def test_no_compiler_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECSYS_BUILD_DIR", str(tmp_path / "empty"))
-    monkeypatch.setattr(native, "compiler", lambda: None)
+    monkeypatch.setattr(native, "compiler", lambda cc="cc": None)
     with pytest.raises(native.NativeUnavailable, match="no C compiler found"):
         native.build()
 
@@ -64,7 +67,7 @@ def test_converter_falls_back_to_arrow_without_a_compiler(tmp_path: Path, monkey
     def unavailable() -> float:
         raise native.NativeUnavailable("no C compiler found (set $CC or install gcc)")
 
-    monkeypatch.setattr("recsys.data.fast_parse.load", unavailable)
+    monkeypatch.setattr("recsys.data.convert.kernels.load", unavailable)
     logged: list[str] = []
     assert resolve_engine("auto", "criteo", log=logged.append) == ("arrow", 0.0)
     assert logged and "no C compiler found" in logged[0] and "--engine arrow" in logged[0]
@@ -107,4 +110,5 @@ def test_native_threads_match_one_worker(tmp_path: Path) -> None:
         outs.append(out)
     for name in ("train_sparse.npy", "val_sparse.npy", "test_labels.npy"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
-    assert preprocess._TABLE_MEMO == {} and preprocess._VOCAB_MEMO == {}  # nothing kept after the run
+    gc.collect()
+    assert not [o for o in gc.get_objects() if type(o) is VocabCache]  # nothing kept after the run

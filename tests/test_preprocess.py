@@ -1,4 +1,4 @@
-"""Converters (recsys/data/preprocess.py): round trips, ln^2 tokens, train-only vocab, hash mode."""
+"""Converters (recsys/data/convert/): round trips, ln^2 tokens, train-only vocab, hash mode."""
 from __future__ import annotations
 
 import gzip
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys.data.preprocess import ConvertConfig, NpyAppender, convert
-from recsys.data.raw_formats import _P, _P_INV, criteo_token, hash_binary, mix64
+from recsys.data.convert import ConvertConfig, NpyAppender, convert
+from recsys.data.convert.formats import _P, _P_INV, criteo_token, hash_binary, mix64
 from recsys.data.schema import Schema
 from recsys.data.synth import write_avazu, write_criteo, write_kdd12
 
@@ -331,8 +331,10 @@ def test_native_scanner_reports_bad_rows_at_the_same_lines(tmp_path: Path) -> No
 def _assert_engines_agree(data: bytes) -> list:
     """Both parsers on one chunk, both numeric modes: same rows, bad-row reports, labels, dense,
     splits and keys.  Returns the C scanner's results (discretize, dense)."""
-    from recsys.data.preprocess import Task, parse_chunk, scan_chunk
-    from recsys.data.raw_formats import CRITEO
+    from recsys.data.convert.chunks import Task
+    from recsys.data.convert.formats import CRITEO
+    from recsys.data.convert.parse_arrow import parse_chunk
+    from recsys.data.convert.parse_native import scan_chunk
 
     task = Task(0, 0, "f.tsv", 0, len(data), data, -1, True)
     scanned = []
@@ -442,7 +444,7 @@ def test_engines_agree_on_randomly_damaged_rows(tmp_path: Path) -> None:
 
 
 def test_native_kernels_against_numpy() -> None:
-    from recsys.data import fast_parse as fp
+    from recsys.data.convert import kernels as fp
 
     rng = np.random.default_rng(0)
     keys = mix64(rng.integers(0, 50, size=(3, 4000)).astype(np.uint64))
@@ -476,8 +478,8 @@ def test_native_kernels_against_numpy() -> None:
 
 
 def test_lookup_gather_matches_binary_search() -> None:
-    from recsys.data import fast_parse as fp
-    from recsys.data.preprocess import lookup
+    from recsys.data.convert import kernels as fp
+    from recsys.data.convert.vocab import lookup
 
     rng = np.random.default_rng(1)
     keys = mix64(rng.integers(0, 300, size=(4, 3000)).astype(np.uint64))

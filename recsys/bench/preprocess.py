@@ -135,7 +135,7 @@ def ours_code(inp: Path | list[Path], out: Path, workers: int, extra: list[str])
     argv = ["--input", *inputs, "--output", str(out), "--workers", str(workers), "--no-progress", *extra]
     return (
         "import json, time\n"
-        "from recsys.data.preprocess import main\n"
+        "from recsys.data.convert.cli import main\n"
         + _CPU_START +
         "t = time.perf_counter()\n"
         f"rc = main('criteo', {argv!r})\n"

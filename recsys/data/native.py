@@ -26,6 +26,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Mapping
+
+from recsys.cli import run_main
+from recsys.errors import UserError
 
 SOURCE = Path(__file__).with_name("criteo_kernels.c")
 # -O3 without -march=native: the library must run on any x86-64 / aarch64 machine the
@@ -33,13 +37,13 @@ SOURCE = Path(__file__).with_name("criteo_kernels.c")
 CFLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-Wall"]
 
 
-class NativeUnavailable(RuntimeError):
+class NativeUnavailable(UserError, RuntimeError):
     """No C compiler, or the compile failed: the message says which and how to fix it."""
 
 
-def _build_dirs() -> list[Path]:
-    if os.environ.get("RECSYS_BUILD_DIR"):
-        return [Path(os.environ["RECSYS_BUILD_DIR"])]
+def _build_dirs(build_dir: str | None) -> list[Path]:
+    if build_dir:
+        return [Path(build_dir)]
     return [SOURCE.parent / "_build", Path.home() / ".cache" / "recsys"]
 
 
@@ -48,21 +52,27 @@ def library_name() -> str:
     return f"criteo_kernels-{digest}.so"
 
 
-def compiler() -> str | None:
-    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+def compiler(cc: str = "cc") -> str | None:
+    """The C compiler's path: ``cc`` (``$CC`` when ``build`` reads the environment), else gcc or clang."""
+    return shutil.which(cc) or shutil.which("gcc") or shutil.which("clang")
 
 
-def build(force: bool = False) -> Path:
-    """Path of the built library, compiling it first if this source version has none yet."""
+def build(force: bool = False, environ: Mapping[str, str] = os.environ) -> Path:
+    """Path of the built library, compiling it first if this source version has none yet.
+
+    ``environ``: where ``RECSYS_BUILD_DIR`` and ``CC`` are read (the process environment unless
+    given): the one place this module looks at environment variables.
+    """
     name = library_name()
-    for d in _build_dirs():
+    dirs = _build_dirs(environ.get("RECSYS_BUILD_DIR"))
+    for d in dirs:
         if (d / name).is_file() and not force:
             return d / name
-    cc = compiler()
+    cc = compiler(environ.get("CC", "cc"))
     if cc is None:
         raise NativeUnavailable("no C compiler found (set $CC or install gcc); use --engine arrow instead")
     errors = []
-    for d in _build_dirs():
+    for d in dirs:
         try:
             d.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=d)
@@ -83,9 +93,10 @@ def build(force: bool = False) -> Path:
     raise NativeUnavailable(f"no writable build directory ({'; '.join(errors)}); set RECSYS_BUILD_DIR")
 
 
-def load() -> ctypes.CDLL:
-    """The kernels library with its argument types declared (ctypes then checks every call)."""
-    path = build()
+def load(environ: Mapping[str, str] = os.environ) -> ctypes.CDLL:
+    """The kernels library with its argument types declared (ctypes then checks every call);
+    ``environ`` as for ``build``."""
+    path = build(environ=environ)
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as e:  # e.g. a build directory shared with a machine of another architecture
@@ -115,12 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--force", action="store_true", help="recompile even if this source version is built")
     args = p.parse_args(argv)
-    try:
-        print(build(force=args.force))
-    except NativeUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    def run() -> int:
+        print(build(force=args.force, environ=os.environ))
+        return 0
+
+    return run_main("", run)  # "error: no C compiler found ..." and 2
 
 
 if __name__ == "__main__":
