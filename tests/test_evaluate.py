@@ -8,17 +8,10 @@ import pytest
 import torch
 
 from recsys.ensemble import EnsembleGroup, build_group, member_names
-from recsys.evaluate import (
-    EnsembleReport,
-    assemble_member_logits,
-    auc_score,
-    evaluate_batches,
-    gather_rows,
-    logloss_score,
-    report_markdown,
-    score,
-    write_report,
-)
+from recsys.eval.gather import assemble_member_logits, gather_rows
+from recsys.eval.metrics import auc_score, logloss_score
+from recsys.eval.report import EnsembleReport, report_markdown, score, write_report
+from recsys.eval.runner import evaluate_batches
 from tests.dist_harness import run_ranks
 from recsys.data.batch import batch_from_arrays
 from tests.toy_data import toy_arrays, toy_batches, toy_schema
@@ -267,7 +260,7 @@ def _write_split(d, n: int, split: str = "val"):
 
 
 def _split_checks(rank: int, world: int, data_dir: str) -> dict:
-    from recsys.evaluate import evaluate_split
+    from recsys.eval.runner import evaluate_split
 
     schema = toy_schema(num_fields=3, vocab=10, num_dense=1)
     names = member_names(SPECS)
@@ -330,7 +323,7 @@ def _checkpointed_logits(schema, batch, specs: list, groups: list) -> torch.Tens
 
 
 def test_cli_evaluates_saved_checkpoints(tmp_path, capsys):
-    from recsys import evaluate
+    from recsys.eval import cli as evaluate
 
     data = tmp_path / "data"
     data.mkdir()
@@ -410,3 +403,59 @@ def test_two_rank_sharded_group_uneven_batches_does_not_hang():
         want = build_group(DMP_SPECS, member_names(DMP_SPECS), [0, 1], schema).eval()(b.dense_features, b.sparse_features)
     torch.testing.assert_close(with_len, want, rtol=0, atol=1e-5)
     torch.testing.assert_close(no_len, want, rtol=0, atol=1e-5)
+
+
+def test_auc_takes_numpy_arrays_and_tensors_alike():
+    import numpy as np
+
+    g = torch.Generator().manual_seed(3)
+    s = torch.randint(0, 5, (200,), generator=g).float()
+    y = (torch.rand(200, generator=g) < 0.4).float()
+    want = _pairwise_auc(s.tolist(), y.tolist())
+    assert auc_score(s, y) == auc_score(s.numpy(), y.numpy()) == auc_score(s.numpy(), y.numpy() > 0.5)
+    assert math.isclose(auc_score(s.numpy(), y.bool().numpy()), want, abs_tol=1e-12)
+    from recsys.data import synth
+
+    assert synth.auc(y.numpy(), s.numpy()) == auc_score(s, y)  # one AUC, the old name's argument order
+
+
+def test_old_module_re_exports_the_same_objects():
+    from recsys import evaluate
+    from recsys.eval import cli, gather, metrics, report, runner
+
+    homes = {name: mod for mod in (cli, gather, metrics, report, runner) for name in evaluate.__all__
+             if getattr(getattr(mod, name, None), "__module__", None) == mod.__name__}
+    assert sorted(homes) == sorted(evaluate.__all__)
+    for name, mod in homes.items():
+        assert getattr(evaluate, name) is getattr(mod, name), name
+
+
+def test_new_and_old_command_and_light_imports():
+    """``python -m recsys.eval`` is the command; ``python -m recsys.evaluate`` says so in one
+    stderr line and runs it.  The metrics load no torch, and writing a report selects no
+    matplotlib backend (nothing process-wide changes)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+
+    def py(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=root)
+
+    new = py("-m", "recsys.eval", "--help")
+    assert new.returncode == 0 and "python -m recsys.eval --config configs/demo.toml" in new.stdout, new.stderr
+    old = py("-m", "recsys.evaluate", "--help")
+    assert old.returncode == 0 and old.stdout == new.stdout
+    assert old.stderr.strip().splitlines() == ["python -m recsys.evaluate is deprecated; use python -m recsys.eval (same options)"]
+    assert new.stderr == ""
+    light = py("-c", "import sys, numpy as np, recsys.eval.metrics as m, recsys.data.synth; "
+                     "assert m.auc_score(np.array([1., 2.]), np.array([0, 1])) == 1.0; "
+                     "assert 'torch' not in sys.modules, 'torch loaded'")
+    assert light.returncode == 0, light.stderr
+    plot = py("-c", "import sys, tempfile, torch; from pathlib import Path; "
+                    "from recsys.eval.report import score, write_report; "
+                    "r = score(torch.randn(50, 2), (torch.arange(50) % 2).float(), ['a', 'b'], [[0, 1]]); "
+                    "write_report(r, Path(tempfile.mkdtemp())); "
+                    "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot loaded'")
+    assert plot.returncode == 0, plot.stderr

@@ -34,6 +34,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from tqdm import tqdm
 
+from recsys.eval.metrics import auc_score
+
 DATASETS = ("criteo", "avazu", "kdd12")
 BATCH_ROWS = 262_144  # rows generated and written at a time: bounds memory
 
@@ -50,15 +52,9 @@ KDD12_COLUMNS = [
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Rank-based ROC AUC (Mann-Whitney U); ties are measure-zero for continuous scores."""
-    labels = np.asarray(labels) > 0.5
-    npos = int(labels.sum())
-    nneg = labels.size - npos
-    if npos == 0 or nneg == 0:
-        return float("nan")
-    ranks = np.empty(labels.size, dtype=np.float64)
-    ranks[np.argsort(scores, kind="stable")] = np.arange(1, labels.size + 1)
-    return float((ranks[labels].sum() - npos * (npos + 1) / 2) / (npos * nneg))
+    """``recsys.eval.metrics.auc_score`` (ties count 1/2) under this module's old name and
+    argument order (labels first), kept for callers of ``recsys.data.synth.auc``."""
+    return auc_score(scores, labels)
 
 
 def zipf_ranks(rng: np.random.Generator, vocab: int, n: int) -> np.ndarray:
@@ -153,7 +149,7 @@ def _write(
     tmp.replace(path)
     if rows == 0:
         return float("nan")
-    return auc(np.concatenate(all_labels), np.concatenate(all_probs))
+    return auc_score(np.concatenate(all_probs), np.concatenate(all_labels))
 
 
 # ----------------------------------------------------------------------------- Criteo
