@@ -7,7 +7,7 @@ Layout of ``runs/<name>/``::
                                 PNG as an image, total examples/s, hparams
     group<k>/events...          the leader of group k: train loss and examples/s, and the
                                 per-epoch val AUC/logloss of its members and its group mean
-    results.md / results.json / auc_vs_m.png            test split (recsys.evaluate.write_report)
+    results.md / results.json / auc_vs_m.png            test split (recsys.eval.report.write_report)
     val_results.md / val_results.json / val_auc_vs_m.png
     logits_val.pt / logits_test.pt                      {"member_logits": [N, M], "labels": [N]}
 
@@ -46,6 +46,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from recsys.config import ExperimentConfig
+from recsys.eval.report import EnsembleReport, curve_figure, score, write_report
 
 
 class RunLogger:
@@ -63,7 +64,7 @@ class RunLogger:
         TensorBoard drop the killed run's events from that step on, which are replayed."""
         return SummaryWriter(log_dir=str(cfg.run_dir / f"group{k}"), purge_step=purge_step)
 
-    def _log_report(self, prefix: str, report: Any) -> None:
+    def _log_report(self, prefix: str, report: EnsembleReport) -> None:
         w = self.writer
         for name, m in zip(report.names, report.members):
             w.add_scalar(f"{prefix}/auc/{name}", m.auc, 0)
@@ -82,10 +83,6 @@ class RunLogger:
         extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Scores the merged [N, M] logits of both splits, writes reports and TensorBoard."""
-        import matplotlib.pyplot as plt
-
-        from recsys.evaluate import score, write_report
-
         cfg, w = self.cfg, self.writer
         names = cfg.member_names
         extra = dict(extra or {})
@@ -102,7 +99,9 @@ class RunLogger:
             w.add_scalar("val/auc_vs_m", mv.auc, i + 1)
             w.add_scalar("test/auc_vs_m", mt.auc, i + 1)
             w.add_scalar("test/logloss_vs_m", mt.logloss, i + 1)
-        w.add_image("test/auc_vs_m_plot", plt.imread(paths["png"])[..., :3], 0, dataformats="HWC")
+        # The figure itself (add_figure renders it with Agg), not the PNG read back; close=False:
+        # a bare Figure is not in pyplot's registry, there is nothing to close.
+        w.add_figure("test/auc_vs_m_plot", curve_figure(test_rep), 0, close=False)
         w.add_scalar("train/member_examples_per_s", examples_per_s, 0)
         w.add_scalar("train/examples_per_s", examples_per_s / len(names), 0)
         self._log_hparams(
@@ -116,17 +115,13 @@ class RunLogger:
         return {"val": val_rep.to_json(), "test": test_rep.to_json(), "paths": {k: str(v) for k, v in paths.items()}}
 
     def _log_hparams(self, metrics: dict[str, float]) -> None:
-        # SummaryWriter.add_hparams opens a second writer in a timestamped subdirectory, which
-        # splits one run into two in TensorBoard; writing the three hparams summaries into this
-        # run's own event file keeps hparams and scalars together.
-        from torch.utils.tensorboard.summary import hparams
-
-        exp, ssi, sei = hparams(self.cfg.hparams(), metrics)
-        fw = self.writer._get_file_writer()
-        for s in (exp, ssi, sei):
-            fw.add_summary(s)
-        for k, v in metrics.items():
-            self.writer.add_scalar(k, v, 0)
+        # add_hparams writes the three hparams summaries (experiment, session start and end)
+        # and the metrics as scalars through a second writer in <log_dir>/<run_name>.  Its
+        # default run_name (a timestamp) would split one run into two in TensorBoard;
+        # run_name "." puts that writer's event file in this run's own directory, so
+        # TensorBoard shows hparams and scalars as one run.
+        self.writer.flush()
+        self.writer.add_hparams(self.cfg.hparams(), metrics, run_name=".")
 
     def close(self) -> None:
         self.writer.close()
