@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 
 from recsys import serve
-from recsys.serve import EnsembleServer, ServeError, _exchange
+from recsys.serve import EnsembleServer, ServeError
+from recsys.serve.fanout import _exchange
 from tests.hostile_util import (FAIL_MARK, FAULTY_MEMBER, SLOW_MARK, one_line_error, proc_state, run_cli,
                                 serve_fault_hook, wait_proc_state)
 from tests.test_serve import trained  # noqa: F401  (the module-scoped checkpoint fixture)

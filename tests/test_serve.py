@@ -1,4 +1,4 @@
-"""Serving (recsys/serve.py): checkpointed members answer requests, fanned out or inline, and
+"""Serving (recsys/serve/): checkpointed members answer requests, fanned out or inline, and
 their merge equals the offline ensemble; bad requests and missing checkpoints are one-line errors."""
 from __future__ import annotations
 
