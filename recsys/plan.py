@@ -25,16 +25,17 @@ import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from recsys.errors import UserError, one_line
+from recsys.cli import run_main
+from recsys.config import ExperimentConfig, load_config
+from recsys.data.schema import Schema, SparseFeature
+from recsys.errors import UserError
 
 if TYPE_CHECKING:
     from torch import nn
+    from torchrec.distributed.planner import Topology
     from torchrec.distributed.types import ShardingPlan
-
-    from recsys.config import ExperimentConfig
-    from recsys.data.schema import Schema
 
 GB = 1e9
 RESERVED_FRACTION = 0.15  # TorchRec's default HeuristicalStorageReservation: kept free for dense parts, buffers
@@ -93,7 +94,8 @@ class TopologySpec:
         """Share of a UVM-cached table (and its state) held on the device."""
         return self.uvm_caching_ratio if self.uvm_caching_ratio is not None else 0.2
 
-    def topology(self) -> Any:
+    def topology(self) -> Topology:
+        """TorchRec's ``Topology`` for the planner (torchrec is imported here: ``--help`` stays light)."""
         from torchrec.distributed.planner import Topology
 
         hbm, ddr = self.capacity_bytes()
@@ -101,7 +103,7 @@ class TopologySpec:
                         compute_device=self.device, hbm_cap=hbm, ddr_cap=ddr)
 
 
-def topology_from_config(cfg: "ExperimentConfig", world_size: int, local_world_size: int, device: str) -> TopologySpec:
+def topology_from_config(cfg: ExperimentConfig, world_size: int, local_world_size: int, device: str) -> TopologySpec:
     """The ``[topology]`` section (0 = detect) for a group of ``world_size`` ranks."""
     t = cfg.topology
     return TopologySpec(
@@ -179,11 +181,9 @@ class GroupPlan:
         return "\n".join(lines)
 
 
-def schema_for_plan(cfg: "ExperimentConfig") -> "Schema":
+def schema_for_plan(cfg: ExperimentConfig) -> Schema:
     """The table sizes, without opening data files: TorchRec's layout takes them from the
     ``[torchrec_criteo]`` section; our layout from ``meta.json``."""
-    from recsys.data.schema import Schema, SparseFeature
-
     tr = cfg.torchrec_criteo
     if tr is None:
         return Schema.load(cfg.data_dir)
@@ -203,14 +203,14 @@ def _optimizer_bytes(rows: int, cols: int, optimizer: str) -> int:
     return int(rows * cols * 4 * factor)
 
 
-def plan_shards(plan: "ShardingPlan") -> tuple[list[TableShard], dict[str, str]]:
+def plan_shards(plan: ShardingPlan) -> tuple[list[TableShard], dict[str, str]]:
     """Every shard of the plan (group-local ranks), and each table's sharding type."""
     shards: list[TableShard] = []
     types: dict[str, str] = {}
     for module_plan in plan.plan.values():
-        for table, ps in module_plan.items():  # type: ignore[union-attr]
+        for table, ps in module_plan.items():
             types[table] = ps.sharding_type
-            for sh in ps.sharding_spec.shards:  # type: ignore[union-attr]
+            for sh in ps.sharding_spec.shards:
                 rows, cols = sh.shard_sizes
                 shards.append(TableShard(table, int(sh.placement.rank()), rows, cols, ps.compute_kernel,
                                          ps.sharding_type))
@@ -247,7 +247,7 @@ def rank_memory(shards: Sequence[TableShard], topo: TopologySpec, optimizer: str
     return out
 
 
-def _dense_activation_floats(module: "nn.Module") -> int:
+def _dense_activation_floats(module: nn.Module) -> int:
     """Output features of every Linear layer (a rough per-example activation count)."""
     from torch import nn
 
@@ -300,50 +300,30 @@ def check_fits(group: int, shards: Sequence[TableShard], topo: TopologySpec, opt
         )
 
 
-def _tables_of(module: "nn.Module") -> dict[str, tuple[int, int]]:
-    from torchrec.modules.embedding_modules import EmbeddingBagCollection
-
-    return {c.name: (c.num_embeddings, c.embedding_dim) for m in module.modules()
-            if isinstance(m, EmbeddingBagCollection) for c in m.embedding_bag_configs()}
-
-
-def plan_experiment(cfg: "ExperimentConfig", world_size: int, local_world_size: int, device: str,
+def plan_experiment(cfg: ExperimentConfig, world_size: int, local_world_size: int, device: str,
                     sequential: bool = False) -> list[GroupPlan]:
     """Plans every group of ``cfg`` as training would place it on ``world_size`` ranks (the
     parallel schedule gives each group W/K ranks; else each group gets all W), on ``meta``:
     nothing is allocated.  Raises ``PlanDoesNotFit`` (one line) for the first group that
     cannot be placed."""
-    import torch
+    import torch  # the planner stack (torch, torchrec): only when a plan is made, not for --help
 
-    from recsys.distributed import RowWiseEBCSharder, _fused_params, group_schedule, planner_constraints
+    from recsys.distributed import group_schedule, make_sharder, plan_group
     from recsys.ensemble import GroupTrain, build_group
-    from recsys.torchrec_compat import PlannerError
 
     schema = schema_for_plan(cfg)
     schedule = None if sequential else group_schedule(world_size, cfg.groups)
     emb_opt = cfg.embedding_optimizer.resolve(device)
+    sharding = cfg.sharding.resolve()
     out = []
     for k, idx in enumerate(cfg.groups):
         ranks = len(schedule[k]) if schedule is not None else world_size
         topo = topology_from_config(cfg, ranks, local_world_size, device)
         with torch.device("meta"):
             module = GroupTrain(build_group(cfg.members, cfg.member_names, idx, schema, materialize=False))
-        dense_kernel = emb_opt.name == "adam" and device == "cpu"
-        sharder = RowWiseEBCSharder(fused_params=None if dense_kernel else _fused_params(emb_opt))
-        from torchrec.distributed.planner import EmbeddingShardingPlanner
-
-        sharding = cfg.sharding.resolve()
-        planner = EmbeddingShardingPlanner(
-            topology=topo.topology(),
-            constraints=planner_constraints(module, ranks, torch.device(device), sharder, sharding, dense_kernel, topo),
-        )
-        try:
-            plan = planner.plan(module, [sharder])  # type: ignore[list-item]
-        except PlannerError as e:
-            raise PlanDoesNotFit(does_not_fit_message(k, _tables_of(module), emb_opt.name, topo,
-                                                      sharding.sharding_type, one_line(e)[:200])) from None
+        sharder, dense_kernel = make_sharder(emb_opt, torch.device(device))
+        plan = plan_group(module, topo, torch.device(device), sharder, sharding, dense_kernel, k, emb_opt.name)
         shards, types = plan_shards(plan)
-        check_fits(k, shards, topo, emb_opt.name)
         mem = rank_memory(shards, topo, emb_opt.name, cfg.train.batch_size, _dense_activation_floats(module))
         out.append(GroupPlan(k, [cfg.member_names[i] for i in idx], topo, shards, mem, types))
     return out
@@ -372,27 +352,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--schedule", choices=["auto", "sequential"], default="auto")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = p.parse_args(argv)
-    from recsys.config import load_config
+    return run_main("plan", lambda: _run(args))
 
-    try:
-        if args.world_size < 1 or args.local_world_size < 0:
-            raise PlanDoesNotFit("--world-size must be >= 1 and --local-world-size >= 0")
-        overrides = list(args.set)
-        if args.hbm_gb is not None:
-            overrides.append(f"topology.hbm_gb={args.hbm_gb}")
-        if args.ddr_gb is not None:
-            overrides.append(f"topology.ddr_gb={args.ddr_gb}")
-        cfg = load_config(args.config, overrides, check_data=False)
-        local = args.local_world_size or min(args.world_size, 8)
-        plans = plan_experiment(cfg, args.world_size, local, args.device, args.schedule == "sequential")
-    except UserError as e:
-        print(f"plan: error: {one_line(e)}", file=sys.stderr)
-        return 2
+
+def _run(args: argparse.Namespace) -> int:
+    if args.world_size < 1 or args.local_world_size < 0:
+        raise PlanDoesNotFit("--world-size must be >= 1 and --local-world-size >= 0")
+    overrides = list(args.set)
+    if args.hbm_gb is not None:
+        overrides.append(f"topology.hbm_gb={args.hbm_gb}")
+    if args.ddr_gb is not None:
+        overrides.append(f"topology.ddr_gb={args.ddr_gb}")
+    cfg = load_config(args.config, overrides, check_data=False)
+    local = args.local_world_size or min(args.world_size, 8)
+    plans = plan_experiment(cfg, args.world_size, local, args.device, args.schedule == "sequential")
     for gp in plans:
         print(gp.table())
         print()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
