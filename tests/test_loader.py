@@ -409,6 +409,18 @@ def test_torchrec_layout(tmp_path):
     np.testing.assert_array_equal(b.sparse_features.values().numpy(), (days[1][1] % 97).T.reshape(-1))
 
 
+def test_criteo_layout_names_are_torchrecs():
+    """``recsys.data.criteo_layout`` spells TorchRec's field names without importing torchrec."""
+    from torchrec.datasets.criteo import DEFAULT_CAT_NAMES, DEFAULT_INT_NAMES
+
+    from recsys.data import criteo_layout as cl
+
+    assert list(cl.TORCHREC_SPARSE_NAMES) == list(DEFAULT_CAT_NAMES)
+    assert list(cl.TORCHREC_DENSE_NAMES) == list(DEFAULT_INT_NAMES)
+    assert cl.RAW_COLUMNS[:2] == ("label", "I1") and cl.RAW_COLUMNS[-1] == "C26"
+    assert len(cl.RAW_COLUMNS) == 1 + cl.NUM_DENSE + cl.NUM_SPARSE == 40
+
+
 # ----------------------------------------------------------------------------- errors
 
 

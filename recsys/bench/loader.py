@@ -1,8 +1,8 @@
 """Loader throughput: batches/s and rows/s of ``make_loader``, unshuffled and shuffled.
 
-Writes a synthetic split in our npy layout (Criteo-like: 26 sparse fields, 13
-dense features by default) to a temporary directory, or reads ``--data``'s
-existing split, then times ``--passes`` full epochs per mode after one warm-up
+Writes a synthetic split in our npy layout (Criteo-like by default: 26 sparse
+fields and 13 dense features, as ``recsys.data.criteo_layout``) to a temporary
+directory, or reads ``--data``'s existing split, then times ``--passes`` full epochs per mode after one warm-up
 epoch (so the page cache, not the disk, is measured; the loader's own cost is
 what the training loop sees on a warm machine).  Only the loader is timed: the
 batches are consumed and dropped.
@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from recsys.data.loader import LoaderError, make_loader
+from recsys.cli import run_main
+from recsys.data.criteo_layout import NUM_DENSE, NUM_SPARSE
+from recsys.data.loader import make_loader
 from recsys.data.schema import Schema, SparseFeature
 
 
@@ -91,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=None, help="existing dataset dir (default: synthetic, in a temp dir)")
     p.add_argument("--split", default="train", help="split of --data to read (default: train)")
     p.add_argument("--rows", type=int, default=200_000, help="synthetic rows (default: 200000)")
-    p.add_argument("--sparse", type=int, default=26, help="synthetic sparse fields (default: 26)")
-    p.add_argument("--dense", type=int, default=13, help="synthetic dense features (default: 13)")
+    p.add_argument("--sparse", type=int, default=NUM_SPARSE, help=f"synthetic sparse fields (default: {NUM_SPARSE})")
+    p.add_argument("--dense", type=int, default=NUM_DENSE, help=f"synthetic dense features (default: {NUM_DENSE})")
     p.add_argument("--vocab", type=int, default=1000, help="synthetic ids per field (default: 1000)")
     p.add_argument("--batch-size", type=int, default=4096, help="rows per batch (default: 4096)")
     p.add_argument("--passes", type=int, default=4, help="timed epochs per mode (default: 4)")
@@ -101,18 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("rows", "sparse", "dense", "vocab", "batch_size", "passes"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    return run_main(p.prog, lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Measures both modes and prints one line each; a bad ``--data`` is a ``UserError``."""
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
         data = args.data
         if data is None:
             data = Path(tmp)
             write_synthetic(data, args.rows, args.sparse, args.dense, args.vocab)
-        try:
-            results = [
-                measure(data, args.split, args.batch_size, shuffle, args.passes, args.prefetch)
-                for shuffle in (False, True)
-            ]
-        except LoaderError as e:
-            p.error(str(e))
+        results = [
+            measure(data, args.split, args.batch_size, shuffle, args.passes, args.prefetch)
+            for shuffle in (False, True)
+        ]
     print(f"loader throughput ({data if args.data else 'synthetic'}, batch {args.batch_size}, prefetch {args.prefetch}):")
     for r in results:
         print("  " + r.line(args.batch_size))

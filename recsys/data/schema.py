@@ -2,23 +2,61 @@
 
 The schema is the one contract between data preparation, the loader and the
 models: field names (which are also the KJT keys), vocabulary sizes (which are
-the embedding table sizes) and the dense feature names.
+the embedding table sizes) and the dense feature names.  No heavy imports: the
+config loader and the model builders read it without torch's data stack.
+
+Example::
+
+    schema = Schema.load("data/criteo")            # SchemaError: one line naming the file
+    schema.vocab_sizes                              # [num_embeddings of each sparse field]
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from recsys.errors import UserError
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
 
+T = TypeVar("T")
+E = TypeVar("E", bound=Exception)
+
 
 class SchemaError(UserError, ValueError):
     """A meta.json that is missing, unreadable or inconsistent."""
+
+
+def read_document(
+    path: Path,
+    parse: Callable[[str], T],
+    *,
+    error: Callable[[str], UserError],
+    missing: str,
+    syntax_error: type[E],
+    invalid: Callable[[E], str],
+) -> T:
+    """Reads and parses one text file (meta.json, a TOML config); either failure is one line.
+
+    Why: ``Schema.load`` and ``recsys.config.load_config`` each checked that the file exists,
+    read it and turned the parser's error into their own one-line error; this is that one piece.
+    ``missing`` follows ``"<path>: "`` when there is no such file; ``invalid(e)`` is the whole
+    message for the parser's ``syntax_error``.
+
+    Example::
+
+        raw = read_document(p, tomllib.loads, error=ConfigError, missing="no such config file",
+                            syntax_error=tomllib.TOMLDecodeError, invalid=lambda e: f"{p}: invalid TOML ({e})")
+    """
+    if not path.is_file():
+        raise error(f"{path}: {missing}")
+    try:
+        return parse(path.read_text())
+    except syntax_error as e:
+        raise error(invalid(e)) from None
 
 
 @dataclass(frozen=True)
@@ -113,12 +151,11 @@ class Schema:
         p = Path(path)
         if p.is_dir():
             p = p / META_FILE
-        if not p.exists():
-            raise SchemaError(f"{p}: no such file (run a data_prep/*_to_npy.py converter first)")
-        try:
-            obj = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise SchemaError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from None
+        obj = read_document(
+            p, json.loads, error=SchemaError,
+            missing="no such file (run a data_prep/*_to_npy.py converter first)",
+            syntax_error=json.JSONDecodeError, invalid=lambda e: f"{p}:{e.lineno}: invalid JSON ({e.msg})",
+        )
         return cls.from_json(obj, source=str(p))
 
     def save(self, directory: str | Path) -> Path:

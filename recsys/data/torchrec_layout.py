@@ -1,13 +1,11 @@
 """TorchRec's Criteo-1TB npy layout (``torchrec/datasets/scripts``), read in place.
 
-Users with MLPerf-preprocessed Criteo already have ``day_{i}_dense.npy``
-(float32 N x 13, log-transformed), ``day_{i}_sparse.npy`` (int64 N x 26, raw
-hashed ids, or contiguous ids after ``contiguous_preproc_criteo.py``) and
-``day_{i}_labels.npy`` (int32 N x 1).  These files carry no schema, so the
-user supplies the table sizes; ids are taken modulo them, as
-``InMemoryBinaryCriteoIterDataPipe``'s ``hashes`` does (a no-op for contiguous
-ids already in range).  Field names follow ``torchrec.datasets.criteo``:
-``int_0..int_12`` dense, ``cat_0..cat_25`` sparse.
+Users with MLPerf-preprocessed Criteo already have the day files described in
+``recsys.data.criteo_layout`` (dense float32 [N, 13], log-transformed; sparse int64 [N, 26],
+raw hashed ids, or contiguous ids after ``contiguous_preproc_criteo.py``; labels int32
+[N, 1]).  These files carry no schema, so the user supplies the table sizes; ids are taken
+modulo them, as ``InMemoryBinaryCriteoIterDataPipe``'s ``hashes`` does (a no-op for
+contiguous ids already in range).
 
 Public API::
 
@@ -31,25 +29,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Sequence
 
 import numpy as np
-from torchrec.datasets.criteo import DEFAULT_CAT_NAMES, DEFAULT_INT_NAMES
 
-from recsys.data.loader import LoaderError, NpySplit, _check_part, _Part
-from recsys.data.schema import Schema, SparseFeature
-
-DaySpec = Union[int, tuple[int, float, float]]
-
-
-def _parse_day(d: DaySpec) -> tuple[int, float, float]:
-    if isinstance(d, (int, np.integer)) and not isinstance(d, bool):
-        return int(d), 0.0, 1.0
-    if isinstance(d, (tuple, list)) and len(d) == 3:
-        day, lo, hi = int(d[0]), float(d[1]), float(d[2])
-        if 0.0 <= lo < hi <= 1.0:
-            return day, lo, hi
-    raise LoaderError(f"bad day {d!r}: expected a day number or (day, start_fraction, stop_fraction)")
+from recsys.data.criteo_layout import DaySpec, day_files, parse_day, table_sizes, torchrec_criteo_schema
+from recsys.data.errors import LoaderError
+from recsys.data.schema import Schema
+from recsys.data.source import FilePart, NpySplit, open_file_triple
 
 
 @dataclass
@@ -62,21 +49,17 @@ class TorchRecCriteo:
     sparse_suffix: str
     modulo: np.ndarray  # [1, 26] int64
 
-    def _paths(self, day: int) -> tuple[Path, Path, Path]:
-        d = self.data_dir
-        return d / f"day_{day}_dense.npy", d / f"day_{day}_{self.sparse_suffix}.npy", d / f"day_{day}_labels.npy"
-
     def open(self, split: str) -> NpySplit:
         if split not in self.days:
             raise LoaderError(f"{self.data_dir}: no split {split!r} (splits: {sorted(self.days)})")
-        parts: list[_Part] = []
+        parts: list[FilePart] = []
         start = 0
         for day, flo, fhi in self.days[split]:
-            dp, sp, lp = self._paths(day)
-            dense, sparse, labels = _check_part(self.schema, dp, sp, lp, f"day {day} of split {split!r}")
+            dp, sp, lp = day_files(self.data_dir, day, self.sparse_suffix)
+            dense, sparse, labels = open_file_triple(self.schema, dp, sp, lp, f"day {day} of split {split!r}")
             n = sparse.shape[0]
             lo, hi = int(flo * n), int(fhi * n)
-            parts.append(_Part(start, hi - lo, lo, dense, sparse, labels, sp, dp, lp))
+            parts.append(FilePart(start, hi - lo, lo, dense, sparse, labels, sp, dp, lp))
             start += hi - lo
         return NpySplit.from_parts(self.schema, split, parts, id_modulo=self.modulo)
 
@@ -99,34 +82,19 @@ def open_torchrec_criteo(
     d = Path(data_dir)
     if not d.is_dir():
         raise LoaderError(f"{d}: no such directory")
-    n_cat = len(DEFAULT_CAT_NAMES)
-    sizes = (
-        [int(num_embeddings_per_feature)] * n_cat
-        if isinstance(num_embeddings_per_feature, (int, np.integer))
-        else [int(x) for x in num_embeddings_per_feature]
-    )
-    if len(sizes) != n_cat:
-        raise LoaderError(f"num_embeddings_per_feature has {len(sizes)} values, expected 1 or {n_cat}")
-    if any(s <= 0 for s in sizes):
-        raise LoaderError(f"num_embeddings_per_feature must be positive, got {sizes}")
+    sizes = table_sizes(num_embeddings_per_feature)
     days = {
-        name: [_parse_day(x) for x in spec]
+        name: [parse_day(x) for x in spec]
         for name, spec in (("train", train_days), ("val", val_days), ("test", test_days))
     }
     days = {k: v for k, v in days.items() if v}
     if not days:
         raise LoaderError("open_torchrec_criteo: no days given (train_days is empty)")
-    provisional = Schema(
-        "criteo_1tb_torchrec",
-        tuple(SparseFeature(n, s) for n, s in zip(DEFAULT_CAT_NAMES, sizes)),
-        tuple(DEFAULT_INT_NAMES),
-    )
+    provisional = torchrec_criteo_schema(sizes)
     src = TorchRecCriteo(d, provisional, days, sparse_suffix, np.array(sizes, dtype=np.int64).reshape(1, -1))
     rows = {name: src.open(name).num_rows for name in days}  # checks every file's shape now
-    src.schema = Schema(
-        provisional.dataset,
-        provisional.sparse_features,
-        provisional.dense_features,
+    src.schema = torchrec_criteo_schema(
+        sizes,
         splits=rows,
         preprocessing={
             "layout": "torchrec_criteo_1tb",
