@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.remote_device import _remote_device
 from torchrec.distributed.planner import EmbeddingShardingPlanner
-from torchrec.distributed.planner.types import PlannerError  # noqa: F401 - re-exported for recsys.plan
+from torchrec.distributed.planner.types import PlannerError  # noqa: F401 - re-exported for recsys.distributed.planning
 from torchrec.distributed.types import EmbeddingModuleShardingPlan, ModuleSharder, ShardingPlan
 
 
