@@ -8,6 +8,7 @@ where that generic rule is not enough.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 from typing import Callable
 
@@ -23,9 +24,9 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from recsys.data.batch import kjt_from_ids
 from recsys.data.schema import Schema
 from recsys.models import MODELS, Member, SpecError, build_member
-from recsys.models.deepfm import fm_second_order
-from recsys.models.finalmlp import BilinearAggregation
-from recsys.models.ipnn import InnerProductInteraction
+from recsys.modules.bilinear import BilinearAggregation
+from recsys.modules.fm import fm_second_order
+from recsys.modules.inner_product import InnerProductInteraction
 from tests.toy_data import toy_arrays, toy_schema
 
 NAMES = sorted(MODELS)
@@ -35,12 +36,18 @@ SMALL_OVERRIDES: dict[str, str] = {
 }
 
 
-def small_spec(name: str, extra: str = "") -> str:
-    keys = []
+def mlp_knobs(name: str) -> list[str]:
+    """The model's config fields that are MLP layer sizes: non-empty int tuples by default."""
+    knobs = []
     for f in dataclasses.fields(MODELS[name].config):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
         if isinstance(default, tuple) and default and all(isinstance(v, int) for v in default):
-            keys.append(f"{f.name}=32-16")
+            knobs.append(f.name)
+    return knobs
+
+
+def small_spec(name: str, extra: str = "") -> str:
+    keys = [f"{knob}=32-16" for knob in mlp_knobs(name)]
     keys += [k for k in (SMALL_OVERRIDES.get(name, ""), extra) if k]
     return f"{name}:{','.join(keys)}"
 
@@ -228,6 +235,92 @@ def test_bad_values_are_one_line_errors(spec: str, message: str) -> None:
     with pytest.raises(SpecError, match=message) as err:
         build_member(spec, toy_schema())
     assert "\n" not in str(err.value)
+
+
+def test_fnn_refuses_mlp_zero_like_ipnn() -> None:
+    """One shared check: FNN used to accept ``mlp=0`` while IPNN refused it."""
+    messages = {}
+    for name in ("fnn", "ipnn"):
+        with pytest.raises(SpecError) as err:
+            build_member(f"{name}:mlp=0", toy_schema())
+        messages[name] = str(err.value)
+    assert messages == {n: f"{n}: mlp sizes must be positive, got (0,)" for n in ("fnn", "ipnn")}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_mlp_knob_refuses_nonpositive_sizes(name: str) -> None:
+    knobs = mlp_knobs(name)
+    assert knobs, f"{name}: no MLP knob found"
+    for knob in knobs:
+        with pytest.raises(SpecError) as err:
+            build_member(f"{name}:{knob}=32-0", toy_schema())
+        assert str(err.value) == f"{name}: {knob} sizes must be positive, got (32, 0)"
+
+
+# -- checkpoint compatibility: parameter names and shapes are part of the on-disk format --
+
+# sha256 (first 16 hex digits) of "<state_dict key> <shape>" lines, one per tensor, of each
+# model's default spec on toy_schema(3 fields, vocab 5, 2 dense).  A change here breaks every
+# saved checkpoint of that model: do it only with a checkpoint migration.
+STATE_DICT_DIGESTS = {
+    "dcn": "d51bb084b37c27e6",  # 19 tensors
+    "dcnv2": "fa78335f487806dc",  # 19 tensors
+    "deepfm": "4f7769137195d6cd",  # 13 tensors
+    "dmoe": "018a9168affc7573",  # 39 tensors
+    "finalmlp": "53f0602a02027d9b",  # 28 tensors
+    "fnn": "3d12057b9a94f4b4",  # 13 tensors
+    "ipnn": "004b09b00f394a56",  # 13 tensors
+    "multiembed": "a7180a7bfb650490",  # 28 tensors
+    "rankmixer": "aecd71ffc99233f3",  # 37 tensors
+    "wukong": "26f9cc7a2d6ba2a0",  # 46 tensors
+}
+
+
+def test_state_dict_names_and_shapes_are_unchanged() -> None:
+    assert sorted(STATE_DICT_DIGESTS) == NAMES, "a model was added, renamed or removed: record its digest"
+    schema = toy_schema(num_fields=3, vocab=5, num_dense=2)
+    for name in NAMES:
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            member = build_member(name, schema, "m", materialize=False)
+        listing = "\n".join(f"{k} {tuple(v.shape)}" for k, v in member.state_dict().items())
+        digest = hashlib.sha256(listing.encode()).hexdigest()[:16]
+        assert digest == STATE_DICT_DIGESTS[name], f"{name}: state_dict names/shapes changed:\n{listing}"
+
+
+def test_old_import_paths_still_work() -> None:
+    """The blocks moved to ``recsys.modules`` (and ``embedding_init`` / ``member``); the old
+    paths re-export the same objects."""
+    import recsys.models.blocks as blocks
+    import recsys.models.embedding_init as embedding_init
+    import recsys.models.member as member
+    import recsys.modules.arches as arches
+    import recsys.modules.mlp as mlp
+    from recsys.models.dcn import ParallelCrossInteraction, vector_cross_flops
+    from recsys.models.dcnv2 import matrix_cross_flops
+    from recsys.models.deepfm import fm_second_order as old_fm
+    from recsys.models.dmoe import decorrelation_loss
+    from recsys.models.finalmlp import BilinearAggregation as OldBilinear, FeatureGate
+    from recsys.models.fnn import FlattenInteraction
+    from recsys.models.ipnn import InnerProductInteraction as OldIP
+    from recsys.models.multiembed import CrossFeatures, MultiSetSparseArch
+    from recsys.models.rankmixer import PerTokenFFN, RankMixerLayer, token_mixing_permutation
+    from recsys.models.wukong import WukongLayer
+    from recsys.modules import cross, decorrelation, flatten, gating, token_mixing, wukong_layers
+
+    assert blocks.MLP is mlp.MLP
+    assert (blocks.SparseArch, blocks.DenseArch, blocks.OverArch) == (arches.SparseArch, arches.DenseArch, arches.OverArch)
+    for fn in ("table_name", "make_ebc", "table_inits", "materialize_embeddings"):
+        assert getattr(blocks, fn) is getattr(embedding_init, fn)
+    assert (blocks.num_tokens, blocks.member_arches) == (member.num_tokens, member.member_arches)
+    assert (old_fm, OldBilinear, OldIP) == (fm_second_order, BilinearAggregation, InnerProductInteraction)
+    assert (ParallelCrossInteraction, CrossFeatures) == (cross.ParallelCrossInteraction, cross.CrossFeatures)
+    assert (vector_cross_flops, matrix_cross_flops) == (cross.vector_cross_flops, cross.matrix_cross_flops)
+    assert MultiSetSparseArch is arches.MultiSetSparseArch and FeatureGate is gating.FeatureGate
+    assert FlattenInteraction is flatten.FlattenInteraction
+    assert decorrelation_loss is decorrelation.decorrelation_loss
+    assert (PerTokenFFN, RankMixerLayer, token_mixing_permutation) == (
+        token_mixing.PerTokenFFN, token_mixing.RankMixerLayer, token_mixing.token_mixing_permutation)
+    assert WukongLayer is wukong_layers.WukongLayer
 
 
 # -- model-specific maths, against direct (slow) formulas --

@@ -1,5 +1,8 @@
 """DCN-v2: a matrix cross network (TorchRec's CrossNet / LowRankCrossNet) in parallel
-with an MLP, outputs concatenated -> linear."""
+with an MLP, outputs concatenated -> linear.
+
+Wiring: as DCN (``recsys.models.dcn.build_cross_member``) with a matrix cross net.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,6 +13,9 @@ from torchrec.modules.crossnet import CrossNet, LowRankCrossNet
 from recsys.data.schema import Schema
 from recsys.models.dcn import DCNConfig, build_cross_member
 from recsys.models.member import Member
+from recsys.modules.cross import matrix_cross_flops
+
+__all__ = ["DCNv2Config", "build_dcnv2", "matrix_cross_flops"]
 
 
 @dataclass
@@ -23,12 +29,6 @@ class DCNv2Config(DCNConfig):
         super().__post_init__()
         if self.low_rank < 0:
             raise ValueError(f"low_rank must be >= 0 (0 = full rank), got {self.low_rank}")
-
-
-def matrix_cross_flops(in_features: int, num_layers: int, low_rank: int = 0) -> int:
-    """Per layer: W x is 2*N*N FLOPs at full rank, V x then U (V x) is 2*2*N*r at rank r."""
-    per_layer = 2 * in_features * in_features if low_rank == 0 else 4 * in_features * low_rank
-    return per_layer * num_layers
 
 
 def build_dcnv2(cfg: DCNv2Config, schema: Schema, name: str) -> Member:

@@ -1,4 +1,7 @@
-"""DeepFM: FM second-order term + MLP on the flat embeddings, summed into one logit."""
+"""DeepFM: FM second-order term + MLP on the flat embeddings, summed into one logit.
+
+Wiring: ``DeepFMInteraction`` (tokens [B, T, D] -> logit [B]); no over arch.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,9 +10,12 @@ import torch
 from torch import nn
 
 from recsys.data.schema import Schema
-from recsys.models.blocks import OverArch, member_arches, num_tokens
-from recsys.models.member import Member
-from recsys.models.spec import MemberConfig
+from recsys.models.member import Member, compose_member
+from recsys.models.spec import MemberConfig, check_layer_sizes
+from recsys.modules.arches import OverArch
+from recsys.modules.fm import fm_second_order
+
+__all__ = ["DeepFMConfig", "DeepFMInteraction", "build_deepfm", "fm_second_order"]
 
 
 @dataclass
@@ -31,20 +37,7 @@ class DeepFMConfig(MemberConfig):
     embedding_init: str = "normal"
 
     def __post_init__(self) -> None:
-        if any(h <= 0 for h in self.mlp):
-            raise ValueError(f"mlp sizes must be positive, got {self.mlp}")
-
-
-def fm_second_order(tokens: torch.Tensor) -> torch.Tensor:
-    """sum_{i<j} <e_i, e_j> in O(T*D) by the FM identity: [B, T, D] -> [B].
-
-    Example::
-
-        fm_second_order(torch.randn(2, 4, 8))   # [2]
-    """
-    square_of_sum = tokens.sum(dim=1).pow(2)  # [B, D]
-    sum_of_squares = tokens.pow(2).sum(dim=1)  # [B, D]
-    return 0.5 * (square_of_sum - sum_of_squares).sum(dim=1)  # [B]
+        check_layer_sizes(mlp=self.mlp)
 
 
 class DeepFMInteraction(nn.Module):
@@ -57,6 +50,8 @@ class DeepFMInteraction(nn.Module):
         inter = DeepFMInteraction(num_tokens=4, dim=8, mlp=[32, 16])
         logit = inter(torch.randn(2, 4, 8))   # [2]
     """
+
+    output_dim = 1  # the logit: the member has no over arch
 
     def __init__(
         self,
@@ -88,14 +83,8 @@ def build_deepfm(cfg: DeepFMConfig, schema: Schema, name: str) -> Member:
         member = build_member("deepfm:mlp=256-128,first_order=true", schema, name="dfm0")
         logits = member(dense, kjt)   # [B]
     """
-    sparse_arch, dense_arch = member_arches(name, schema, cfg)
-    return Member(
-        name=name,
-        spec="deepfm",
-        sparse_arch=sparse_arch,
-        dense_arch=dense_arch,
-        interaction=DeepFMInteraction(
-            num_tokens(schema), cfg.embedding_dim, cfg.mlp, cfg.dropout, cfg.first_order
-        ),
-        over_arch=None,
+    return compose_member(
+        "deepfm", cfg, schema, name,
+        lambda t, d: DeepFMInteraction(t, d, cfg.mlp, cfg.dropout, cfg.first_order),
+        head=None,
     )

@@ -18,6 +18,11 @@ Example::
     w = init.values(0, 1000)               # [1000, 16], the whole table
     shard = init.values(500, 1000, 8, 16)  # rows 500..999, columns 8..15: the same numbers
     assert torch.equal(w[500:, 8:], shard)
+
+The member's tables live here too: ``make_ebc`` builds a member's EBC on the ``meta``
+device and records each table's ``TableInit`` on it; ``materialize_embeddings`` fills
+whole tables for one process (tests, evaluation, serving), ``table_inits`` hands the
+inits to ``recsys.distributed.shard_module``, which fills only each rank's shards.
 """
 from __future__ import annotations
 
@@ -27,6 +32,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from recsys.data.schema import Schema
 
 BLOCK_ROWS = 4096  # rows per generator; fixed forever: changing it changes every init
 EMBEDDING_INITS = ("normal", "xavier")
@@ -94,3 +104,99 @@ class TableInit:
                 lo, hi = max(row_start, b * BLOCK_ROWS), min(row_start + rows, (b + 1) * BLOCK_ROWS)
                 block = self._block(b)[lo - b * BLOCK_ROWS: hi - b * BLOCK_ROWS, col_start:col_start + cols]
                 out[lo - row_start: hi - row_start].copy_(block)
+
+
+def table_name(member: str, field: str) -> str:
+    """Table names are ``<member>__<field>``.
+
+    DESIGN.md asks for ``<member>.<field>``, but EBC keeps tables in an
+    ``nn.ModuleDict`` keyed by table name, which refuses dots.
+
+    Example::
+
+        table_name("m0", "C1")   # "m0__C1"
+    """
+    return f"{member}__{field}"
+
+
+def make_ebc(
+    member: str,
+    schema: Schema,
+    embedding_dim: int,
+    num_sets: int | None = None,
+    init: str = "xavier",  # as MemberConfig.embedding_init; "normal" draws N(0, init_std^2)
+    init_std: float = 1e-4,
+    seed: int = 0,
+) -> EmbeddingBagCollection:
+    """The member's own EBC, on the ``meta`` device: one table per field, named ``<member>__<field>``.
+
+    No table memory is allocated here.  Each table's init is recorded in
+    ``ebc.table_inits`` (name -> ``TableInit``, a pure function of seed, table, row and
+    column); ``materialize_embeddings`` fills whole tables for one process, and
+    ``recsys.distributed.shard_module`` fills only each rank's shards.
+
+    With ``num_sets=M`` (Multi-Embed, D-MoE) it holds M independent tables per
+    field, named ``<member>__e{k}__<field>``, set-major, all in this ONE EBC so DMP
+    shards them like any other member's.  Several tables then read the same KJT
+    feature; EBC supports that and names the pooled outputs ``<field>@<table>``
+    (``torchrec.modules.embedding_modules.get_embedding_names_by_table``).
+
+    Example::
+
+        ebc = make_ebc("m0", schema, 16, seed=3)        # meta: nothing allocated
+        materialize_embeddings(ebc)                     # [rows, 16] tables on CPU, seeded
+    """
+    if init not in EMBEDDING_INITS:
+        raise ValueError(f"embedding_init must be one of {', '.join(EMBEDDING_INITS)}, got {init!r}")
+    prefixes = [member] if num_sets is None else [f"{member}__e{k}" for k in range(num_sets)]
+    tables = [
+        EmbeddingBagConfig(
+            name=table_name(prefix, f.name),
+            embedding_dim=embedding_dim,
+            num_embeddings=f.num_embeddings,
+            feature_names=[f.name],
+            pooling=PoolingType.SUM,
+        )
+        for prefix in prefixes
+        for f in schema.sparse_features
+    ]
+    ebc = EmbeddingBagCollection(tables=tables, device=torch.device("meta"))
+    ebc.table_inits = {
+        t.name: TableInit(t.name[len(member) + 2:], t.num_embeddings, t.embedding_dim, seed, init, init_std)
+        for t in tables
+    }
+    return ebc
+
+
+def table_inits(module: nn.Module) -> dict[str, TableInit]:
+    """Every table's ``TableInit`` in every EBC made by ``make_ebc`` inside ``module``.
+
+    Example::
+
+        table_inits(build_member("fnn", schema, "m0", materialize=False))   # {"m0__C1": TableInit(...), ...}
+    """
+    out: dict[str, TableInit] = {}
+    for m in module.modules():
+        if isinstance(m, EmbeddingBagCollection):
+            out.update(getattr(m, "table_inits", {}))
+    return out
+
+
+def materialize_embeddings(module: nn.Module, device: torch.device | str = "cpu", fill: bool = True) -> None:
+    """Allocates every meta-device EBC inside ``module`` on ``device``, whole, and fills each
+    table from its ``TableInit`` (``fill=False`` leaves them uninitialized, for a checkpoint
+    load that overwrites them anyway).  For one process holding whole members: tests,
+    evaluation, serving.  Training shards instead (``recsys.distributed.shard_module``).
+
+    Example::
+
+        member = build_member("fnn", schema, "m0", materialize=False)   # tables on meta
+        materialize_embeddings(member)                                   # whole, seeded, on CPU
+    """
+    for m in module.modules():
+        if isinstance(m, EmbeddingBagCollection) and any(p.is_meta for p in m.parameters()):
+            m.to_empty(device=device)
+            if fill:
+                inits = getattr(m, "table_inits", {})
+                for name, bag in m.embedding_bags.items():
+                    inits[name].fill(bag.weight.data, 0)

@@ -23,15 +23,20 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchrec.modules.crossnet import CrossNet
-from torchrec.modules.embedding_modules import EmbeddingBagCollection, get_embedding_names_by_table
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.schema import Schema
-from recsys.models.blocks import DenseArch, OverArch, SparseArch, make_ebc, num_tokens
-from recsys.models.dcnv2 import matrix_cross_flops
-from recsys.models.member import Member
-from recsys.models.spec import MemberConfig
+from recsys.models.embedding_init import make_ebc
+from recsys.models.member import Member, MemberT, assemble_member, num_tokens
+from recsys.models.protocols import Interaction, total_flops
+from recsys.models.spec import MemberConfig, check_layer_sizes
+from recsys.modules.arches import DenseArch, MultiSetSparseArch
+from recsys.modules.cross import CrossFeatures
+
+__all__ = [
+    "CrossFeatures", "MultiEmbedConfig", "MultiEmbedInteraction", "MultiSetMember", "MultiSetSparseArch",
+    "build_multi_set_member", "build_multiembed",
+]
 
 
 @dataclass
@@ -47,28 +52,7 @@ class MultiEmbedConfig(MemberConfig):
             raise ValueError(f"num_embeddings_sets must be >= 1, got {self.num_embeddings_sets}")
         if self.cross_layers < 0:
             raise ValueError(f"cross_layers must be >= 0, got {self.cross_layers}")
-
-
-class MultiSetSparseArch(SparseArch):
-    """Looks up M embedding sets from one EBC: KJT -> [B, M, F, D].
-
-    The EBC holds M tables per field (``make_ebc(..., num_sets=M)``), set-major;
-    their pooled outputs are keyed ``<field>@<table>`` because tables share features.
-
-    Example::
-
-        sparse = MultiSetSparseArch(make_ebc("m0", schema, 16, num_sets=2), num_sets=2)
-        emb = sparse(kjt)   # [B, 2, F, 16]
-    """
-
-    def __init__(self, embedding_bag_collection: EmbeddingBagCollection, num_sets: int) -> None:
-        tables = embedding_bag_collection.embedding_bag_configs()
-        super().__init__(embedding_bag_collection, [k for keys in get_embedding_names_by_table(tables) for k in keys])
-        self.num_sets = num_sets
-
-    def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
-        emb = super().forward(features)  # [B, M*F, D]
-        return emb.view(emb.shape[0], self.num_sets, -1, emb.shape[2])  # [B, M, F, D]
+        check_layer_sizes(mlp=self.mlp)
 
 
 class MultiSetMember(Member):
@@ -94,42 +78,28 @@ class MultiSetMember(Member):
 
 
 def build_multi_set_member(
-    member_cls: type[MultiSetMember],
+    member_cls: type[MemberT],
     model: str,
     cfg: MemberConfig,
     schema: Schema,
     name: str,
     num_sets: int,
-    interaction: nn.Module,
+    interaction: Interaction,
     mlp: tuple[int, ...],
-) -> MultiSetMember:
+) -> MemberT:
     """Assembles a multi-set member: M tables per field in one EBC, one dense token
-    per set, ``interaction`` ([B, M, T, D] -> [B, H]) and an MLP head on H."""
+    per set, ``interaction`` ([B, M, T, D] -> [B, H]) and an MLP head on H.
+
+    Example::
+
+        interaction = MultiEmbedInteraction(3, num_tokens(schema), 16, cross_layers=2)
+        member = build_multi_set_member(MultiSetMember, "multiembed", cfg, schema, "me0", 3, interaction, (256,))
+    """
     ebc = make_ebc(name, schema, cfg.embedding_dim, num_sets=num_sets, init=cfg.embedding_init,
                    init_std=cfg.embedding_init_std, seed=cfg.seed)
-    return member_cls(
-        name=name,
-        spec=model,
-        sparse_arch=MultiSetSparseArch(ebc, num_sets),
-        dense_arch=DenseArch(schema.num_dense, num_sets * cfg.embedding_dim) if schema.num_dense else None,
-        interaction=interaction,
-        over_arch=OverArch(interaction.output_dim, mlp, cfg.dropout),  # type: ignore[arg-type]
-    )
-
-
-class CrossFeatures(nn.Module):
-    """DCNv2 cross network on the flattened tokens: [B, T, D] -> [B, T*D]."""
-
-    def __init__(self, num_tokens: int, dim: int, layers: int) -> None:
-        super().__init__()
-        self.output_dim, self.layers = num_tokens * dim, layers
-        self.cross = CrossNet(self.output_dim, layers)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.cross(tokens.flatten(1))  # [B, T*D]
-
-    def flops_per_example(self) -> int:
-        return matrix_cross_flops(self.output_dim, self.layers)
+    sparse_arch = MultiSetSparseArch(ebc, num_sets)
+    dense_arch = DenseArch(schema.num_dense, num_sets * cfg.embedding_dim) if schema.num_dense else None
+    return assemble_member(member_cls, model, cfg, name, sparse_arch, dense_arch, interaction, mlp)
 
 
 class MultiEmbedInteraction(nn.Module):
@@ -151,7 +121,7 @@ class MultiEmbedInteraction(nn.Module):
         return torch.stack(outs, dim=0).mean(dim=0)  # [B, T*D]
 
     def flops_per_example(self) -> int:
-        return sum(cross.flops_per_example() for cross in self.crosses)
+        return total_flops(self.crosses)
 
 
 def build_multiembed(cfg: MultiEmbedConfig, schema: Schema, name: str) -> Member:

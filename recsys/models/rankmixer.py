@@ -1,40 +1,37 @@
 """RankMixer (arXiv 2507.15551): token mixing + per-token FFNs over feature tokens.
 
-Each layer (post-norm, as in the paper)::
-
-    S = LN(TokenMix(X) + X)          parameter-free, [B, T, D] -> [B, T, D]
-    X = LN(PFFN(S) + S)              T independent FFNs D -> k*D -> D (GELU)
+Wiring: optional tokenizer -> ``layers`` x ``RankMixerLayer`` (``recsys.modules.token_mixing``,
+where the layer and its mixing permutation are written down), flattened ->
+``OverArch(mlp)`` -> [B].
 
 Lifting the reference's constraint.  The reference mixes by splitting each
-token's D channels into H = T equal heads and gathering head h of every token
-into output token h, so it needs D % T == 0 (embedding dim 39 on Criteo).  Here:
+token's D channels into H = T equal heads, so it needs D % T == 0 (embedding dim
+39 on Criteo).  Here:
 
 - a tokenizer, ``Linear(F*E -> T*D)`` on the flattened field embeddings, makes
   T and D free knobs; it is left out when (T, D) == (fields, embedding dim),
   which is the reference's configuration;
-- the mixing is a fixed permutation of the T*D values: split every token's D
-  channels into H near-equal chunks (the first D % H chunks one longer), list
-  the values head-major (head h of token 1, head h of token 2, ...), and cut
-  that list into T rows of D.  When H == T and D % T == 0 this is exactly the
-  reference's mixing; otherwise every output token still draws about D/T
-  channels from every input token.  ``heads`` defaults to T (0 means T).
-
-LayerNorm normalizes each token over its D channels with learned affine
-parameters; the reference code normalizes over the whole [B, T, D] batch
-tensor, which couples examples within a batch, so we follow the paper instead.
+- the mixing permutation splits every token's D channels into H near-equal
+  chunks, so any (T, D, H) works; H == T with D % T == 0 is exactly the
+  reference's mixing.  ``heads`` defaults to T (0 means T).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from recsys.data.schema import Schema
-from recsys.models.blocks import OverArch, member_arches, num_tokens
-from recsys.models.member import Member
-from recsys.models.spec import MemberConfig
+from recsys.models.member import Member, compose_member
+from recsys.models.protocols import total_flops
+from recsys.models.spec import MemberConfig, check_layer_sizes
+from recsys.modules.token_mixing import PerTokenFFN, RankMixerLayer, token_mixing_permutation
+
+__all__ = [
+    "PerTokenFFN", "RankMixerConfig", "RankMixerInteraction", "RankMixerLayer", "build_rankmixer",
+    "token_mixing_permutation",
+]
 
 
 @dataclass
@@ -55,84 +52,17 @@ class RankMixerConfig(MemberConfig):
         for key in ("tokens", "token_dim", "heads"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0 (0 = default), got {getattr(self, key)}")
-
-
-def token_mixing_permutation(num_tokens: int, dim: int, heads: int) -> torch.Tensor:
-    """Indices into the flattened [T*D] tokens giving the mixed [T*D] layout (see module doc).
-
-    Example::
-
-        perm = token_mixing_permutation(3, 4, 3)   # chunks of 2, 1, 1 channels
-        mixed = x.flatten(1)[:, perm].view(-1, 3, 4)
-    """
-    base, extra = divmod(dim, heads)
-    starts = [h * base + min(h, extra) for h in range(heads + 1)]
-    perm = [
-        t * dim + c
-        for h in range(heads)
-        for t in range(num_tokens)
-        for c in range(starts[h], starts[h + 1])
-    ]
-    return torch.tensor(perm, dtype=torch.long)
-
-
-class PerTokenFFN(nn.Module):
-    """T independent FFNs, one per token, run as two batched matmuls: [B, T, D] -> [B, T, D].
-
-    Batching the T FFNs into ``baddbmm`` is the same math as the reference's loop
-    over T ``nn.Sequential`` blocks, with 2 kernel calls instead of 2*T.
-    """
-
-    def __init__(self, num_tokens: int, dim: int, expansion: int) -> None:
-        super().__init__()
-        hidden = dim * expansion
-        self.w1 = nn.Parameter(torch.empty(num_tokens, dim, hidden))
-        self.b1 = nn.Parameter(torch.empty(num_tokens, 1, hidden))
-        self.w2 = nn.Parameter(torch.empty(num_tokens, hidden, dim))
-        self.b2 = nn.Parameter(torch.empty(num_tokens, 1, dim))
-        for fan_in, params in ((dim, (self.w1, self.b1)), (hidden, (self.w2, self.b2))):
-            bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default init, per token
-            for p in params:
-                nn.init.uniform_(p, -bound, bound)
-        self.act = nn.GELU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xt = x.transpose(0, 1)  # [T, B, D]
-        h = self.act(torch.baddbmm(self.b1, xt, self.w1))  # [T, B, k*D]
-        return torch.baddbmm(self.b2, h, self.w2).transpose(0, 1)  # [B, T, D]
-
-    def flops_per_example(self) -> int:
-        return 2 * (self.w1.numel() + self.w2.numel())
-
-
-class RankMixerLayer(nn.Module):
-    """Token mixing and per-token FFN, each with residual + LayerNorm: [B, T, D] -> [B, T, D].
-
-    Example::
-
-        layer = RankMixerLayer(num_tokens=5, dim=7, heads=5, expansion=2)
-        y = layer(torch.randn(8, 5, 7))   # [8, 5, 7]
-    """
-
-    def __init__(self, num_tokens: int, dim: int, heads: int, expansion: int) -> None:
-        super().__init__()
-        self.num_tokens, self.dim = num_tokens, dim
-        self.register_buffer("perm", token_mixing_permutation(num_tokens, dim, heads), persistent=False)
-        self.norm1 = nn.LayerNorm(dim)
-        self.ffn = PerTokenFFN(num_tokens, dim, expansion)
-        self.norm2 = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mixed = x.flatten(1)[:, self.perm].view(-1, self.num_tokens, self.dim)  # [B, T, D]
-        s = self.norm1(mixed + x)
-        return self.norm2(self.ffn(s) + s)
-
-    def flops_per_example(self) -> int:
-        return self.ffn.flops_per_example()
+        check_layer_sizes(mlp=self.mlp)
 
 
 class RankMixerInteraction(nn.Module):
-    """Optional tokenizer, then RankMixer layers, flattened: [B, F, E] -> [B, T*D]."""
+    """Optional tokenizer, then RankMixer layers, flattened: [B, F, E] -> [B, T*D].
+
+    Example::
+
+        inter = RankMixerInteraction(6, 16, RankMixerConfig(tokens=5, token_dim=7))
+        h = inter(torch.randn(8, 6, 16))   # [8, 35]
+    """
 
     def __init__(self, in_tokens: int, in_dim: int, cfg: RankMixerConfig) -> None:
         super().__init__()
@@ -153,7 +83,7 @@ class RankMixerInteraction(nn.Module):
         return self.layers(x).flatten(1)  # [B, T*D]
 
     def flops_per_example(self) -> int:
-        flops = sum(layer.flops_per_example() for layer in self.layers)
+        flops = total_flops(self.layers)
         if self.tokenizer is not None:
             flops += 2 * self.tokenizer.in_features * self.tokenizer.out_features
         return flops
@@ -165,13 +95,6 @@ def build_rankmixer(cfg: RankMixerConfig, schema: Schema, name: str) -> Member:
         member = build_member("rankmixer:tokens=5,token_dim=7,mlp=256-128", schema, name="rm0")
         logits = member(dense, kjt)   # [B]
     """
-    sparse_arch, dense_arch = member_arches(name, schema, cfg)
-    interaction = RankMixerInteraction(num_tokens(schema), cfg.embedding_dim, cfg)
-    return Member(
-        name=name,
-        spec="rankmixer",
-        sparse_arch=sparse_arch,
-        dense_arch=dense_arch,
-        interaction=interaction,
-        over_arch=OverArch(interaction.output_dim, cfg.mlp, cfg.dropout),
+    return compose_member(
+        "rankmixer", cfg, schema, name, lambda t, d: RankMixerInteraction(t, d, cfg), head=cfg.mlp
     )

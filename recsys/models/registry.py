@@ -2,46 +2,67 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TypeVar
 
 import torch
 
 from recsys.data.schema import Schema
-from recsys.models.blocks import materialize_embeddings
-from recsys.models.embedding_init import EMBEDDING_INITS
 from recsys.models.dcn import DCNConfig, build_dcn
 from recsys.models.dcnv2 import DCNv2Config, build_dcnv2
 from recsys.models.deepfm import DeepFMConfig, build_deepfm
 from recsys.models.dmoe import DMoEConfig, build_dmoe
+from recsys.models.embedding_init import EMBEDDING_INITS, materialize_embeddings
 from recsys.models.finalmlp import FinalMLPConfig, build_finalmlp
 from recsys.models.fnn import FNNConfig, build_fnn
 from recsys.models.ipnn import IPNNConfig, build_ipnn
 from recsys.models.member import Member
 from recsys.models.multiembed import MultiEmbedConfig, build_multiembed
+from recsys.models.protocols import MemberBuilder
 from recsys.models.rankmixer import RankMixerConfig, build_rankmixer
 from recsys.models.spec import MemberConfig, SpecError, parse_spec
 from recsys.models.wukong import WukongConfig, build_wukong
 
+ConfigT = TypeVar("ConfigT", bound=MemberConfig)
+
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """A registered model: its config class and a builder that takes any ``MemberConfig``
+    (it checks that the config is ``config``'s).  Made by ``model_entry``, which checks
+    the pairing statically."""
+
     config: type[MemberConfig]
-    builder: Callable[[MemberConfig, Schema, str], Member]
+    builder: MemberBuilder[MemberConfig]
+
+
+def model_entry(config: type[ConfigT], builder: MemberBuilder[ConfigT]) -> ModelEntry:
+    """Pairs a config class with the builder that takes it (mypy checks the pair).
+
+    Example::
+
+        model_entry(IPNNConfig, build_ipnn)     # fine
+        model_entry(IPNNConfig, build_wukong)   # mypy: build_wukong takes a WukongConfig
+    """
+
+    def build(cfg: MemberConfig, schema: Schema, name: str) -> Member:
+        if not isinstance(cfg, config):
+            raise TypeError(f"this builder takes a {config.__name__}, got a {type(cfg).__name__}")
+        return builder(cfg, schema, name)
+
+    return ModelEntry(config, build)
 
 
 MODELS: dict[str, ModelEntry] = {
-    "fnn": ModelEntry(FNNConfig, build_fnn),  # type: ignore[arg-type]
-    # -- models A (ipnn, deepfm, dcn, dcnv2, finalmlp) --
-    "ipnn": ModelEntry(IPNNConfig, build_ipnn),  # type: ignore[arg-type]
-    "deepfm": ModelEntry(DeepFMConfig, build_deepfm),  # type: ignore[arg-type]
-    "dcn": ModelEntry(DCNConfig, build_dcn),  # type: ignore[arg-type]
-    "dcnv2": ModelEntry(DCNv2Config, build_dcnv2),  # type: ignore[arg-type]
-    "finalmlp": ModelEntry(FinalMLPConfig, build_finalmlp),  # type: ignore[arg-type]
-    # -- models B (wukong, rankmixer, multiembed, dmoe) --
-    "wukong": ModelEntry(WukongConfig, build_wukong),  # type: ignore[arg-type]
-    "rankmixer": ModelEntry(RankMixerConfig, build_rankmixer),  # type: ignore[arg-type]
-    "multiembed": ModelEntry(MultiEmbedConfig, build_multiembed),  # type: ignore[arg-type]
-    "dmoe": ModelEntry(DMoEConfig, build_dmoe),  # type: ignore[arg-type]
+    "fnn": model_entry(FNNConfig, build_fnn),
+    "ipnn": model_entry(IPNNConfig, build_ipnn),
+    "deepfm": model_entry(DeepFMConfig, build_deepfm),
+    "dcn": model_entry(DCNConfig, build_dcn),
+    "dcnv2": model_entry(DCNv2Config, build_dcnv2),
+    "finalmlp": model_entry(FinalMLPConfig, build_finalmlp),
+    "wukong": model_entry(WukongConfig, build_wukong),
+    "rankmixer": model_entry(RankMixerConfig, build_rankmixer),
+    "multiembed": model_entry(MultiEmbedConfig, build_multiembed),
+    "dmoe": model_entry(DMoEConfig, build_dmoe),
 }
 
 

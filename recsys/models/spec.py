@@ -40,6 +40,22 @@ class MemberConfig:
     embedding_init_std: float = 1e-4  # the "normal" init's standard deviation
 
 
+def check_layer_sizes(**layers: tuple[int, ...]) -> None:
+    """Refuses an MLP with a layer of size <= 0: every config with MLP knobs calls this from
+    ``__post_init__``, so ``fnn:mlp=0`` fails like ``ipnn:mlp=0`` (``parse_spec`` turns the
+    ValueError into a one-line ``SpecError`` that names the model).  An empty tuple is
+    allowed: no hidden layers.
+
+    Example::
+
+        check_layer_sizes(mlp=(512, 256), fmb_mlp=(64,))   # fine
+        check_layer_sizes(mlp=(32, 0))   # ValueError: mlp sizes must be positive, got (32, 0)
+    """
+    for key, sizes in layers.items():
+        if any(h <= 0 for h in sizes):
+            raise ValueError(f"{key} sizes must be positive, got {sizes}")
+
+
 def _coerce(value: str, tp: Any, model: str, key: str) -> Any:
     origin = typing.get_origin(tp)
     try:
