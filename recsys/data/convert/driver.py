@@ -124,7 +124,7 @@ def convert(cfg: ConvertConfig, log: Callable[[str], None] = print) -> Schema:
     """Runs the whole conversion; returns the written schema.  Raises InputError on bad input.
 
     Flags, inputs and the output path are checked before any work; the conversion is
-    written to a staging dir and swapped in only when complete (see "Atomic" above), so
+    written to a staging dir and swapped in only when complete (``staging``), so
     the previous output is left as it was by every failure.
     """
     fmt, min_count, fracs = check_config(cfg)
@@ -169,13 +169,12 @@ def _convert_into(
     try:
         tasks = make_tasks(files, file_splits, chunk_bytes)
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"{fmt.name}: read", disable=not cfg.progress)
+        passes = _Passes(cfg, job, pool, writer, bad, bar, files, phases, t0, log)
         if cfg.hash_size is not None:
-            _hash_pass(cfg, job, tasks, pool, writer, bad, bar, files)
+            passes.hash_pass(tasks)
             sizes = [cfg.hash_size] * len(sparse_names)
-            phases["hash_pass"] = time.perf_counter() - t0
         else:
-            sizes = _vocab_passes(cfg, job, tasks, pool, writer, bad, bar, files, min_count, len(sparse_names),
-                                  phases, t0, log)
+            sizes = passes.vocab_passes(tasks, min_count, len(sparse_names))
         rows = writer.rows()
         writer.commit()
     except ChunkFault as e:  # chunks come in order: every line before this chunk is counted
@@ -213,54 +212,67 @@ def _convert_into(
     return schema, rows, elapsed
 
 
-def _hash_pass(cfg: ConvertConfig, job: Job, tasks: Iterator[Task], pool: Pool | None, writer: SplitWriter,
-               bad: BadRowLog, bar: tqdm, files: list[str]) -> None:
-    """``--hash``: the only pass; rows come back per chunk (or as a spill file) and are appended."""
-    for res in ordered_map(run_hash_chunk, tasks, job, pool, cfg.workers):
-        bad.add(res.stats)
-        if res.spill is not None:
-            assert res.spill_rows is not None
-            writer.append_spill(res.spill, res.spill_rows)
-            os.remove(res.spill)
-        else:
-            assert res.parts is not None
-            writer.append(res.parts)
-        bar.update(res.stats.n_bytes)
-    bar.close()
-    bad.check(cfg.max_bad_fraction, files)
+@dataclass
+class _Passes:
+    """The passes of one run over its chunk tasks: what both modes share, on the run's pool."""
 
+    cfg: ConvertConfig
+    job: Job
+    pool: Pool | None
+    writer: SplitWriter
+    bad: BadRowLog
+    bar: tqdm
+    files: list[str]
+    phases: dict[str, float]  # wall seconds per phase, from t0
+    t0: float
+    log: Callable[[str], None]
 
-def _vocab_passes(cfg: ConvertConfig, job: Job, tasks: Iterator[Task], pool: Pool | None, writer: SplitWriter,
-                  bad: BadRowLog, bar: tqdm, files: list[str], min_count: int, num_fields: int,
-                  phases: dict[str, float], t0: float, log: Callable[[str], None]) -> list[int]:
-    """Vocabulary mode: count (pass 1), build the vocabularies, map in place (pass 2); the sizes."""
-    counter = TrainCounts(num_fields, job.engine)
-    caches: list[tuple[str, list[int]]] = []
-    split_rows = [0] * len(SPLITS)
-    for r in ordered_map(run_count_chunk, tasks, job, pool, cfg.workers):
-        bad.add(r.stats)
-        counter.add(r.counts)
-        caches.append((r.cache_file, list(split_rows)))  # this chunk's row offsets
-        split_rows = [a + b for a, b in zip(split_rows, r.split_rows)]
-        bar.update(r.stats.n_bytes)
-    bar.close()
-    bad.check(cfg.max_bad_fraction, files)
-    phases["count_pass"] = time.perf_counter() - t0
-    vocab, sizes = build_vocab(counter.final(), min_count, job.engine, pool)
-    vocab_path = str(Path(job.cache_dir) / "vocab.npz")
-    with writing(vocab_path):
-        save_vocab(vocab_path, vocab)
-    del vocab, counter
-    job2 = replace(job, vocab=VocabCache(vocab_path))
-    writer.preallocate(dict(zip(SPLITS, split_rows)))
-    phases["vocabulary"] = time.perf_counter() - t0 - phases["count_pass"]
-    if split_rows[0] == 0:
-        log("warning: no good train rows: the vocabularies are empty and every id is the OOV id 0")
-    for _ in tqdm(ordered_map(run_map_chunk, caches, job2, pool, cfg.workers), total=len(caches),
-                  unit="chunk", desc=f"{job.fmt_name}: map", disable=not cfg.progress):
-        pass
-    phases["map_pass"] = time.perf_counter() - t0 - phases["count_pass"] - phases["vocabulary"]
-    return sizes
+    def hash_pass(self, tasks: Iterator[Task]) -> None:
+        """``--hash``: the only pass; rows come back per chunk (or as a spill file) and are appended."""
+        for res in ordered_map(run_hash_chunk, tasks, self.job, self.pool, self.cfg.workers):
+            self.bad.add(res.stats)
+            if res.spill is not None:
+                assert res.spill_rows is not None
+                self.writer.append_spill(res.spill, res.spill_rows)
+                os.remove(res.spill)
+            else:
+                assert res.parts is not None
+                self.writer.append(res.parts)
+            self.bar.update(res.stats.n_bytes)
+        self.bar.close()
+        self.bad.check(self.cfg.max_bad_fraction, self.files)
+        self.phases["hash_pass"] = time.perf_counter() - self.t0
+
+    def vocab_passes(self, tasks: Iterator[Task], min_count: int, num_fields: int) -> list[int]:
+        """Vocabulary mode: count (pass 1), build the vocabularies, map in place (pass 2); the sizes."""
+        cfg, job, phases = self.cfg, self.job, self.phases
+        counter = TrainCounts(num_fields, job.engine)
+        caches: list[tuple[str, list[int]]] = []
+        split_rows = [0] * len(SPLITS)
+        for r in ordered_map(run_count_chunk, tasks, job, self.pool, cfg.workers):
+            self.bad.add(r.stats)
+            counter.add(r.counts)
+            caches.append((r.cache_file, list(split_rows)))  # this chunk's row offsets
+            split_rows = [a + b for a, b in zip(split_rows, r.split_rows)]
+            self.bar.update(r.stats.n_bytes)
+        self.bar.close()
+        self.bad.check(cfg.max_bad_fraction, self.files)
+        phases["count_pass"] = time.perf_counter() - self.t0
+        vocab, sizes = build_vocab(counter.final(), min_count, job.engine, self.pool)
+        vocab_path = str(Path(job.cache_dir) / "vocab.npz")
+        with writing(vocab_path):
+            save_vocab(vocab_path, vocab)
+        del vocab, counter
+        job2 = replace(job, vocab=VocabCache(vocab_path))
+        self.writer.preallocate(dict(zip(SPLITS, split_rows)))
+        phases["vocabulary"] = time.perf_counter() - self.t0 - phases["count_pass"]
+        if split_rows[0] == 0:
+            self.log("warning: no good train rows: the vocabularies are empty and every id is the OOV id 0")
+        for _ in tqdm(ordered_map(run_map_chunk, caches, job2, self.pool, cfg.workers), total=len(caches),
+                      unit="chunk", desc=f"{job.fmt_name}: map", disable=not cfg.progress):
+            pass
+        phases["map_pass"] = time.perf_counter() - self.t0 - phases["count_pass"] - phases["vocabulary"]
+        return sizes
 
 
 def _preprocessing_meta(

@@ -89,30 +89,29 @@ def _column_counts_if_not_utf8(data: bytes, delimiter: str) -> np.ndarray | None
     except UnicodeDecodeError:
         pass
     buf = np.frombuffer(data, dtype=np.uint8)
-    nl = np.flatnonzero(buf == 10)
-    ends = np.append(nl, buf.size)
-    starts = np.concatenate([[0], nl + 1])
+    starts, ends, empty = _line_spans(buf)
     seps = np.concatenate([[0], np.cumsum(buf == ord(delimiter))])
     counts = seps[ends] - seps[starts] + 1
+    counts[empty] = 0
+    return counts
+
+
+def _line_spans(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every line of the chunk ``buf`` (uint8): (start, end without the newline, whether it is
+    empty), int64 [L], int64 [L], bool [L]; a line of only ``\\r`` is empty."""
+    nl = np.flatnonzero(buf == 10)
+    starts = np.concatenate([[0], nl + 1])
+    ends = np.append(nl, buf.size)
     lengths = ends - starts
     trailing_cr = np.zeros(lengths.size, dtype=bool)
     has = lengths > 0
     trailing_cr[has] = buf[ends[has] - 1] == 13
-    counts[lengths - trailing_cr == 0] = 0
-    return counts
+    return starts, ends, lengths - trailing_cr == 0
 
 
 def _nonempty_lines(data: bytes) -> np.ndarray:
     """0-based indices of the chunk's non-empty lines (a line of only ``\\r`` is empty)."""
-    buf = np.frombuffer(data, dtype=np.uint8)
-    nl = np.flatnonzero(buf == 10)
-    starts = np.concatenate([[0], nl + 1])
-    ends = np.concatenate([nl, [buf.size]])
-    lengths = ends - starts
-    trailing_cr = np.zeros(lengths.size, dtype=bool)
-    has = lengths > 0
-    trailing_cr[has] = buf[ends[has] - 1] == 13
-    return np.flatnonzero(lengths - trailing_cr > 0)
+    return np.flatnonzero(~_line_spans(np.frombuffer(data, dtype=np.uint8))[2])
 
 
 def _line_numbers_of_rows(data: bytes, invalid: set[int], rows: np.ndarray) -> np.ndarray:
