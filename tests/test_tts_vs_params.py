@@ -1,9 +1,11 @@
-"""The pure parts of recsys.bench.tts_vs_params: plan, FLOP matching, configs, scoring, table.
+"""The pure parts of recsys.study (formerly recsys.bench.tts_vs_params): plan, FLOP matching,
+configs, scoring, table.
 
 No training: results.json / logits_test.pt are written by hand, as train_group.py lays them out.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import tomllib
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recsys.bench import tts_vs_params as tts
+from recsys import study as tts
 from recsys.budget import spec_flops
 from recsys.config import config_from_dict
 from recsys.evaluate import auc_score, logloss_score
@@ -101,6 +103,87 @@ def test_config_toml_is_a_valid_experiment_config(plan):
         cfg = config_from_dict(raw, source=run.name, check_data=False)
         assert cfg.name == run.name and cfg.members == run.members and cfg.groups == run.groups
         assert (cfg.train.epochs, cfg.train.patience, cfg.embedding_optimizer.lr) == (3, 1, 0.05)
+
+
+def _legacy_config_toml(run: tts.RunPlan, s: tts.TrainSettings) -> str:
+    """The hand-templated writer recsys/bench/tts_vs_params.py used before the study wrote its
+    configs from recsys.config's dataclasses; kept here, frozen, as the "before" to compare with."""
+    q = json.dumps
+    return "\n".join([
+        "# written by recsys/bench/tts_vs_params.py", f"name = {q(run.name)}", f"data_dir = {q(s.data_dir)}",
+        "members = [", *[f"  {q(m)}," for m in run.members], "]", f"groups = {json.dumps(run.groups)}",
+        f"seed = {s.seed}", f"device = {q(s.device)}", f"log_dir = {q(s.log_dir)}",
+        f"checkpoint_dir = {q(s.checkpoint_dir)}", "", "[train]", f"batch_size = {s.batch_size}",
+        f"eval_batch_size = {s.eval_batch_size}", f"epochs = {s.epochs}", f"patience = {s.patience}",
+        f"max_steps_per_epoch = {s.max_steps_per_epoch}", "log_every = 50", "", "[dense_optimizer]",
+        f"lr = {s.dense_lr!r}", "", "[embedding_optimizer]", f"name = {q(s.embedding_optimizer)}",
+        f"lr = {s.embedding_lr!r}", "",
+    ])
+
+
+SETTINGS = [
+    tts.TrainSettings(),
+    tts.TrainSettings(data_dir="data/x", epochs=3, patience=1, embedding_lr=0.05),
+    tts.TrainSettings(data_dir='data/"quoted" \\ dir', seed=9, device="auto", epochs=5, patience=0, batch_size=77,
+                      eval_batch_size=0, max_steps_per_epoch=3, dense_lr=1e-5, embedding_optimizer="adam",
+                      embedding_lr=0.5, log_dir="r2", checkpoint_dir="c2"),
+]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=["defaults", "test", "all_changed"])
+def test_generated_configs_train_what_the_template_trained(plan, settings):
+    # every run of the plan: the config written from the dataclasses loads to the same
+    # ExperimentConfig as the one the old hand-templated writer produced
+    runs, _, _ = plan
+    for run in runs:
+        new, old = tts.config_toml(run, settings), _legacy_config_toml(run, settings)
+        assert "written by" in new.splitlines()[0]
+        load = lambda text: config_from_dict(tomllib.loads(text), source=run.name, check_data=False)
+        assert load(new) == load(old), run.name
+        assert load(new) == dataclasses.replace(tts.experiment_config(run, settings), source=run.name)
+        assert tts.same_config(new, old)  # --reuse keeps reusing runs whose config the old writer wrote
+    changed = dataclasses.replace(settings, epochs=settings.epochs + 1)
+    assert not tts.same_config(tts.config_toml(runs[0], changed), tts.config_toml(runs[0], settings))
+    assert not tts.same_config("not = [toml", tts.config_toml(runs[0], settings))
+
+
+def test_config_to_toml_round_trips_every_section():
+    from recsys.config import ShardingSection, TopologySection, TrainConfig
+
+    cfg = tts.experiment_config(tts.RunPlan("r", ["fnn:seed=1", "dcnv2"], [[0, 1]]), tts.TrainSettings())
+    cfg = dataclasses.replace(cfg, sharding=ShardingSection(sharding_type="row_wise"),
+                              topology=TopologySection(hbm_gb=1.5, local_world_size=2),
+                              train=TrainConfig(shuffle=False, pipeline=False, eval_interval=7))
+    back = config_from_dict(tomllib.loads(tts.config_to_toml(cfg)), source=cfg.source, check_data=False)
+    assert back == cfg
+
+
+def test_plot_leaves_the_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    row = tts.Row("ensemble", "x", 1, 1, "s", 1, 1, 100, None, [0.7], [0.5])
+    tts.plot_rows([row], tmp_path / "p.png")
+    assert matplotlib.get_backend() == before and (tmp_path / "p.png").is_file()
+
+
+def test_old_module_is_a_shim(capsys):
+    from recsys.bench import tts_vs_params as old
+
+    assert old.build_plan is tts.build_plan and old.TrainSettings is tts.TrainSettings
+    with pytest.raises(SystemExit) as e:
+        old.main(["--help"])
+    assert e.value.code == 0
+    out, err = capsys.readouterr()
+    assert "python -m recsys.study" in err and len(err.strip().splitlines()) == 1
+    assert "--plan-only" in out
+
+
+def test_cli_user_error_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the CLI changes into the repository; the fixture changes back
+    toy_schema(num_fields=6, vocab=20).save(tmp_path)
+    assert tts.main(["--data", str(tmp_path), "--ms", "0", "--plan-only"]) == 2
+    assert capsys.readouterr().err.strip() == "tts_vs_params: error: --ms must be positive integers, got [0]"
 
 
 def _fake_run(log_dir: Path, name: str, logits: torch.Tensor, labels: torch.Tensor,
