@@ -48,6 +48,8 @@ class Job:
 
 @dataclass
 class ChunkStats:
+    """What the driver logs of every chunk, whatever the pass: rows, bad rows, bytes read."""
+
     task: Task
     n_lines: int
     n_rows: int
@@ -61,6 +63,8 @@ CACHE_ARRAYS = ("indices", "dense", "labels", "split", "keys", "offsets")  # a c
 
 @dataclass
 class Pass1Result:
+    """One chunk after the count pass: its train counts and where its parsed rows are cached."""
+
     stats: ChunkStats
     counts: list[KeyCounts]  # per field: (keys, train counts)
     cache_file: str
