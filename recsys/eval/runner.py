@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sized
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
@@ -32,7 +31,7 @@ from recsys.ensemble import EnsembleGroup, GroupTrain, merge_logits
 from recsys.eval.gather import assemble_member_logits, world_of
 
 if TYPE_CHECKING:
-    from recsys.data.loader import NpySplit, SplitSource
+    from recsys.data.source import SplitData
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -185,7 +184,7 @@ def evaluate_batches(
 
 def evaluate_split(
     model: nn.Module,
-    data_dir: str | Path | SplitSource | NpySplit,
+    data_dir: SplitData,
     split: str,
     batch_size: int,
     *,
