@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from recsys.cli import run_main
 from recsys.config import ExperimentConfig, load_config
-from recsys.data.schema import Schema, SparseFeature
+from recsys.data.criteo_layout import torchrec_criteo_schema
+from recsys.data.schema import Schema
 from recsys.errors import UserError
 
 if TYPE_CHECKING:
@@ -187,12 +188,7 @@ def schema_for_plan(cfg: ExperimentConfig) -> Schema:
     tr = cfg.torchrec_criteo
     if tr is None:
         return Schema.load(cfg.data_dir)
-    from torchrec.datasets.criteo import DEFAULT_CAT_NAMES, DEFAULT_INT_NAMES
-
-    sizes = tr.num_embeddings_per_feature
-    sizes = [sizes] * len(DEFAULT_CAT_NAMES) if isinstance(sizes, int) else list(sizes)
-    return Schema("criteo_1tb", tuple(SparseFeature(n, s) for n, s in zip(DEFAULT_CAT_NAMES, sizes)),
-                  tuple(DEFAULT_INT_NAMES))
+    return torchrec_criteo_schema(tr.num_embeddings_per_feature, dataset="criteo_1tb")
 
 
 def _optimizer_bytes(rows: int, cols: int, optimizer: str) -> int:
@@ -308,6 +304,7 @@ def plan_experiment(cfg: ExperimentConfig, world_size: int, local_world_size: in
     cannot be placed."""
     import torch  # the planner stack (torch, torchrec): only when a plan is made, not for --help
 
+    # Here, not at the top: recsys.distributed.planning imports this module's memory model.
     from recsys.distributed import group_schedule, make_sharder, plan_group
     from recsys.ensemble import GroupTrain, build_group
 

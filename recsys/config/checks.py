@@ -26,6 +26,8 @@ from recsys.config.schema import (
     ExperimentConfig,
     TorchRecCriteoSection,
 )
+from recsys.data.criteo_layout import day_files
+from recsys.data.errors import LoaderError
 from recsys.data.schema import Schema, SchemaError
 
 
@@ -119,18 +121,11 @@ def check_device(cfg: ExperimentConfig) -> None:
 
 def check_torchrec_data(cfg: ExperimentConfig, sec: TorchRecCriteoSection) -> None:
     """Every day file exists (all missing ones named at once) and has the shapes TorchRec writes."""
-    from recsys.data.loader import LoaderError
-
     source, d = cfg.source, Path(cfg.data_dir)
     if not d.is_dir():
         raise ConfigError(f"{source}: data_dir: {d}: no such directory")
     days = sorted({day for spec in sec.days().values() for day, _, _ in spec})
-    missing = [
-        f"day_{day}_{kind}.npy"
-        for day in days
-        for kind in ("dense", sec.sparse_suffix, "labels")
-        if not (d / f"day_{day}_{kind}.npy").is_file()
-    ]
+    missing = [f.name for day in days for f in day_files(d, day, sec.sparse_suffix) if not f.is_file()]
     if missing:
         more = f" (+{len(missing) - 8} more)" if len(missing) > 8 else ""
         raise ConfigError(f"{source}: torchrec_criteo: missing day files in {d}: {', '.join(missing[:8])}{more}")

@@ -22,13 +22,14 @@ from typing import Any, Sequence, TypeVar
 
 from recsys.config import checks
 from recsys.config.schema import SECTIONS, ConfigError, ExperimentConfig, TorchRecCriteoSection
+from recsys.data.criteo_layout import NUM_SPARSE
+from recsys.data.schema import read_document
 
 S = TypeVar("S")
 
 _TOP = {f.name for f in dataclasses.fields(ExperimentConfig)} - set(SECTIONS) - {"source"}
 _TOP_SCALARS = ("name", "seed", "device", "log_dir", "checkpoint_dir", "data_dir")
 _TORCHREC_DAY_KEYS = ("train_days", "val_days", "test_days")
-_NUM_CAT = 26  # torchrec.datasets.criteo.DEFAULT_CAT_NAMES; not imported here to keep load_config light
 
 
 def apply_override(raw: dict[str, Any], item: str, src: str) -> None:
@@ -118,11 +119,11 @@ def _build_torchrec_criteo(raw: Any, where: str) -> TorchRecCriteoSection:
                 )
     n = raw["num_embeddings_per_feature"]
     sizes = [n] if not isinstance(n, list) else n
-    if (isinstance(n, list) and len(n) != _NUM_CAT) or not all(
+    if (isinstance(n, list) and len(n) != NUM_SPARSE) or not all(
         isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in sizes
     ):
         raise ConfigError(
-            f"{where}.num_embeddings_per_feature: expected a positive integer or a list of {_NUM_CAT}, got {n!r}"
+            f"{where}.num_embeddings_per_feature: expected a positive integer or a list of {NUM_SPARSE}, got {n!r}"
         )
     suffix = raw.get("sparse_suffix", "sparse")
     if not isinstance(suffix, str) or not suffix or "/" in suffix:
@@ -166,12 +167,8 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), check_data: boo
     not the config file, so the shipped configs work from the repository root.
     """
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such config file")
-    try:
-        raw = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: invalid TOML ({e})") from None
+    raw = read_document(p, tomllib.loads, error=ConfigError, missing="no such config file",
+                        syntax_error=tomllib.TOMLDecodeError, invalid=lambda e: f"{p}: invalid TOML ({e})")
     for item in overrides:
         apply_override(raw, item, str(p))
     return config_from_dict(raw, source=str(p), check_data=check_data)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recsys.data.criteo_layout import parse_day
 from recsys.data.schema import Schema
 from recsys.errors import UserError
 
@@ -194,7 +195,7 @@ class TorchRecCriteoSection:
     def days(self) -> dict[str, list[tuple[int, float, float]]]:
         """Every split's days as (day, start_fraction, stop_fraction); the section is validated."""
         return {
-            split: [(d, 0.0, 1.0) if isinstance(d, int) else (int(d[0]), float(d[1]), float(d[2])) for d in spec]
+            split: [parse_day(d) for d in spec]
             for split, spec in (("train", self.train_days), ("val", self.val_days), ("test", self.test_days))
         }
 
