@@ -1,4 +1,5 @@
-"""Model-specific checks for Wukong, RankMixer, Multi-Embed and D-MoE.
+"""Model-specific checks for the scaling architectures: the stacked-layer models
+Wukong and RankMixer, and the embedding-scaling baselines Multi-Embed and D-MoE.
 
 The generic checks (shapes, gradients, seeds, learning the planted signal) run
 for every registered model in tests/test_models.py.
@@ -16,9 +17,10 @@ from torchrec.datasets.utils import Batch
 from recsys.data.batch import batch_from_arrays
 from recsys.data.schema import Schema
 from recsys.models import SpecError, build_member
-from recsys.models.dmoe import DMoEInteraction, decorrelation_loss
-from recsys.models.rankmixer import RankMixerLayer, token_mixing_permutation
-from recsys.models.wukong import WukongLayer
+from recsys.models.dmoe import DMoEInteraction
+from recsys.modules.decorrelation import decorrelation_loss
+from recsys.modules.token_mixing import RankMixerLayer, token_mixing_permutation
+from recsys.modules.wukong_layers import WukongLayer
 from tests.dist_harness import run_ranks
 from tests.toy_data import toy_arrays, toy_schema
 
