@@ -1,4 +1,4 @@
-"""Sharded, atomic, resumable checkpoints of one training group.
+"""Sharded, atomic, resumable checkpoints of one training group (DCP save, verified load).
 
 Layout (one directory per group, because parallel groups stop at different epochs)::
 
@@ -34,60 +34,29 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 
-from recsys.errors import UserError, one_line
-
-
-@dataclass
-class TrainState:
-    """Scalars that make a group's loop resumable (saved as state.json, human-readable)."""
-
-    epoch: int = 0  # the epoch in progress (or the next one when epoch_done)
-    step: int = 0  # global optimizer steps of this group
-    epoch_step: int = 0  # steps done within `epoch`
-    epoch_done: bool = False
-    best_auc: float = float("-inf")
-    best_step: int = -1
-    bad_epochs: int = 0
-    finished: bool = False  # training of this group is over (early stop or last epoch)
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["best_auc"] = None if d["best_auc"] == float("-inf") else d["best_auc"]
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "TrainState":
-        d = dict(d)
-        d["best_auc"] = float("-inf") if d.get("best_auc") is None else float(d["best_auc"])
-        return cls(**d)
+from recsys.checkpoint.manifest import CheckpointCorrupt, verify_checkpoint, write_manifest
+from recsys.checkpoint.state import TrainState
+from recsys.errors import one_line
 
 
-def rng_state() -> dict[str, Any]:
-    out: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        out["cuda"] = torch.cuda.get_rng_state_all()
-    return out
+class Optimizer(Protocol):
+    """What a checkpoint needs of an optimizer: torch's, or TorchRec's ``CombinedOptimizer``."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def init_lazy_optimizer_state(optimizer: Any) -> None:
+def init_lazy_optimizer_state(optimizer: Optimizer) -> None:
     """Materializes the state of lazily-initialized optimizers (torch Adam) before a load.
 
     DCP loads in place into the tensors of ``optimizer.state_dict()``, and torchrec's
@@ -109,71 +78,6 @@ def init_lazy_optimizer_state(optimizer: Any) -> None:
 def _step_dir(step: int) -> str:
     return f"step-{step:08d}"
 
-
-MANIFEST = "manifest.json"
-HASHED_MAX_BYTES = 16 << 20  # files up to this size get a sha256 in the manifest; larger ones their size
-
-
-class CheckpointCorrupt(UserError, RuntimeError):
-    """A checkpoint whose files do not match its manifest, or that cannot be read; names the file.
-
-    ``GroupCheckpointer`` sets ``report_here`` (``UserError``) on the group's rank 0, so the
-    line is printed once whichever global ranks the group has (``recsys.train_group._fail``).
-    """
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_manifest(directory: Path) -> None:
-    """Records every file's size (and a sha256 of the small ones) in ``directory/manifest.json``."""
-    files: dict[str, dict[str, Any]] = {}
-    for p in sorted(directory.iterdir()):
-        if p.is_file() and p.name != MANIFEST:
-            size = p.stat().st_size
-            entry: dict[str, Any] = {"size": size}
-            if size <= HASHED_MAX_BYTES:
-                entry["sha256"] = _sha256(p)
-            files[p.name] = entry
-    tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"version": 1, "files": files}, indent=1))
-    tmp.replace(directory / MANIFEST)
-
-
-def verify_checkpoint(directory: Path) -> None:
-    """Raises ``CheckpointCorrupt`` naming the first file that is missing, short, long or altered.
-
-    A checkpoint written before manifests existed (none there) is checked for a readable
-    ``state.json`` only.
-    """
-    mpath = directory / MANIFEST
-    if not mpath.is_file():
-        try:
-            json.loads((directory / "state.json").read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointCorrupt(f"{directory / 'state.json'}: unreadable ({one_line(e)})") from None
-        return
-    try:
-        files = json.loads(mpath.read_text())["files"]
-        entries = [(str(name), int(entry["size"]), entry.get("sha256")) for name, entry in files.items()]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise CheckpointCorrupt(f"{mpath}: unreadable manifest ({type(e).__name__}: {one_line(e)})") from None
-    for name, size_saved, digest in entries:
-        p = directory / name
-        if not p.is_file():
-            raise CheckpointCorrupt(f"{p}: missing (listed in {MANIFEST})")
-        size = p.stat().st_size
-        if size != size_saved:
-            raise CheckpointCorrupt(f"{p}: {size} bytes, {size_saved} when saved (truncated or overwritten)")
-        if digest is not None and _sha256(p) != digest:
-            raise CheckpointCorrupt(f"{p}: content differs from when it was saved (sha256 mismatch)")
 
 
 class GroupCheckpointer:
@@ -217,7 +121,7 @@ class GroupCheckpointer:
         self,
         step: int,
         model: nn.Module,
-        optimizer: Any,
+        optimizer: Optimizer,
         state: TrainState,
         extras: dict[str, Any],
         is_best: bool = False,
@@ -268,7 +172,7 @@ class GroupCheckpointer:
             if s not in keep:
                 shutil.rmtree(self.dir / _step_dir(s), ignore_errors=True)
 
-    def load(self, step: int, model: nn.Module, optimizer: Any | None) -> tuple[TrainState, dict[str, Any]]:
+    def load(self, step: int, model: nn.Module, optimizer: Optimizer | None) -> tuple[TrainState, dict[str, Any]]:
         """Loads a checkpoint in place (collective); returns its TrainState and this rank's extras.
 
         Verified first (``verify_checkpoint``, the same files on every rank, so all ranks agree);
@@ -312,7 +216,7 @@ class GroupCheckpointer:
         return None
 
     def load_latest(
-        self, model: nn.Module, optimizer: Any, log: Callable[[str], None] | None = None
+        self, model: nn.Module, optimizer: Optimizer | None, log: Callable[[str], None] | None = None
     ) -> tuple[TrainState, dict[str, Any]] | None:
         """Resumes from the newest intact checkpoint (None if there is none); see ``newest_intact``."""
         steps = self.complete_steps()
@@ -410,36 +314,3 @@ class GroupCheckpointer:
             raise CheckpointCorrupt(f"{self.dir / 'best.json'}: names {_step_dir(step)}, which is not there")
         self.load(step, model, None)
         return step
-
-
-class CheckpointMissing(UserError, RuntimeError):
-    """A group directory without any complete checkpoint; the message names it."""
-
-
-def load_trained_group(cfg: Any, k: int, checkpoint_root: str | Path, which: str = "best") -> tuple[nn.Module, int]:
-    """Group ``k`` of the experiment ``cfg`` (an ``ExperimentConfig``) with the weights of its best
-    (early stopping's) or latest checkpoint, unsharded, on CPU: ``(EnsembleGroup, step)``.
-
-    DCP reshards whatever layout training saved into the plain module; used by
-    ``python -m recsys.evaluate`` and by ``recsys.serve``.
-
-    Example::
-
-        group, step = load_trained_group(load_config("configs/demo.toml"), 0, "checkpoints/demo")
-    """
-    from recsys.ensemble import GroupTrain, build_group
-    from recsys.models.blocks import materialize_embeddings
-
-    # Tables allocated but not initialized: the checkpoint overwrites every value.
-    model = GroupTrain(build_group(cfg.members, cfg.member_names, cfg.groups[k], cfg.schema(), materialize=False))
-    materialize_embeddings(model, fill=False)
-    ckpt = GroupCheckpointer(Path(checkpoint_root) / f"group{k}", None, group_rank=0)
-    steps = ckpt.complete_steps()
-    if not steps:
-        raise CheckpointMissing(f"{Path(checkpoint_root) / f'group{k}'}: no complete checkpoint (step-*/state.json)")
-    step = ckpt.load_best(model) if which == "best" else None
-    if step is None:
-        step = steps[-1]
-        ckpt.load(step, model, None)
-    return model.group, step
-
