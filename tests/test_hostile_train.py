@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from tests.hostile_util import assert_unchanged, one_line_error, snapshot
+from tests.fault_injection import SCRIPT as FAULT_INJECTION
 from tests.test_train_group import MEMBERS, make_data, run, write_config
 
 ONE = [MEMBERS[0]]  # one small FNN member: the cheapest real run
@@ -80,7 +81,7 @@ def test_preflight_finds_a_truncated_array_of_any_split(trained: Path, tmp_path:
     """In-process (the CLI case below shows main runs this before anything else)."""
     from recsys.config import load_config
     from recsys.data.loader import LoaderError
-    from recsys.train_group import preflight
+    from recsys.train.run_dir import preflight
 
     cfg = _copy_run(trained, tmp_path)
     f = cfg.parent / "data" / f"{split}_{kind}.npy"
@@ -193,7 +194,7 @@ def test_resume_falls_back_from_a_damaged_latest_checkpoint(trained: Path, tmp_p
     cfg = _copy_run(trained, tmp_path)
     runs, ckpt = _run_dirs(cfg)
     reference = json.loads((runs / "results.json").read_text())
-    r = run(cfg, 1, "--fail-at-step", "13", check=False)
+    r = run(cfg, 1, "--fail-at-step", "13", check=False, script=FAULT_INJECTION)
     assert r.returncode == 17, r.stderr[-2000:]
     steps = sorted(p.name for p in (ckpt / "group0").glob("step-*"))
     assert steps == ["step-00000008", "step-00000011"], steps
@@ -280,7 +281,7 @@ def test_resume_after_a_fresh_run_that_died_continues_the_set_aside_run(trained:
 def test_fresh_run_refuses_to_drop_an_unfinished_run_with_checkpoints(trained: Path, tmp_path: Path) -> None:
     cfg = _copy_run(trained, tmp_path)
     runs, ckpt = _run_dirs(cfg)
-    r = run(cfg, 1, "--fail-at-step", "5", check=False)  # sets the finished run aside, checkpoints at 3, dies
+    r = run(cfg, 1, "--fail-at-step", "5", check=False, script=FAULT_INJECTION)  # sets the finished run aside, checkpoints at 3, dies
     assert r.returncode == 17
     before_prev, before_cur = snapshot(ckpt.with_name(ckpt.name + ".previous")), snapshot(ckpt)
     assert before_prev and before_cur
@@ -292,7 +293,7 @@ def test_fresh_run_refuses_to_drop_an_unfinished_run_with_checkpoints(trained: P
 
 def test_log_dir_equal_to_checkpoint_dir_keeps_the_previous_run(tmp_path: Path) -> None:
     from recsys.config import load_config
-    from recsys.train_group import release_previous_run, set_aside_previous_run
+    from recsys.train.run_dir import release_previous_run, set_aside_previous_run
 
     (tmp_path / "data").mkdir()
     make_data(tmp_path / "data")

@@ -27,6 +27,7 @@ import torch
 
 from recsys.data.schema import Schema
 from tests.dist_harness import run_ranks
+from tests.fault_injection import SCRIPT as FAULT_INJECTION
 from tests.toy_data import toy_arrays, toy_schema
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,12 +58,14 @@ def write_config(root: Path, name: str, members: list[str], groups: list[list[in
     return p
 
 
-def run(config: Path, nproc: int, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    script = str(ROOT / "recsys" / "train_group.py")
+def run(config: Path, nproc: int, *extra: str, check: bool = True,
+        script: Path = ROOT / "recsys" / "train_group.py") -> subprocess.CompletedProcess[str]:
+    """The entry point (``script``: or tests/fault_injection.py, which adds --fail-at-step) on
+    ``nproc`` ranks (1: one plain process)."""
     if nproc == 1:
-        cmd = [sys.executable, script]
+        cmd = [sys.executable, str(script)]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(cmd + ["--config", str(config), *extra], capture_output=True, text=True, env=env,
                        cwd=ROOT, timeout=240)
@@ -167,7 +170,7 @@ def test_tensorboard_events(ref: tuple[Path, subprocess.CompletedProcess[str]]) 
 
 
 def test_segments_split_at_checkpoint_and_eval_boundaries() -> None:
-    from recsys.train_group import _segments
+    from recsys.train.loop import _segments
 
     assert list(_segments(8, 0, 3, 0)) == [3, 3, 2]
     assert list(_segments(8, 4, 3, 0)) == [2, 2]  # resumed mid-epoch at step 4
@@ -182,7 +185,7 @@ def test_kill_and_resume(ref: tuple[Path, subprocess.CompletedProcess[str]]) -> 
     # Rank 1 dies after step 12 (epoch 1, step 4 of 8): its last checkpoint is the mid-epoch
     # one at epoch step 3 (global step 11), so step 12 is lost and replayed; torchrun
     # then tears rank 0 down.
-    k = run(cfg, 2, "--fail-at-step", "12", "--fail-rank", "1", check=False)
+    k = run(cfg, 2, "--fail-at-step", "12", "--fail-rank", "1", check=False, script=FAULT_INJECTION)
     assert k.returncode != 0
     steps = sorted(p.name for p in (root / "ckpt" / "kr" / "group1").glob("step-*"))
     assert steps[-1] == "step-00000011", steps
