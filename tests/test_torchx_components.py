@@ -24,7 +24,7 @@ def test_appdefs() -> None:
                         "--set name=try2")
     assert role.env["OMP_NUM_THREADS"] == "2"  # 8 CPUs over 4 ranks
     (ev,) = evaluate(config="c.toml", checkpoint="ck", split="val", which="latest", overrides=["device=cpu"]).roles
-    assert ev.entrypoint == "python" and ev.args == ["-m", "recsys.evaluate", "--config", "c.toml", "--checkpoint",
+    assert ev.entrypoint == "python" and ev.args == ["-m", "recsys.eval", "--config", "c.toml", "--checkpoint",
                                                      "ck", "--split", "val", "--which", "latest", "--set",
                                                      "device=cpu"]
     (sv,) = serve_latency(config="c.toml", checkpoint="ck", batch=8, requests=5, sweep=True).roles

@@ -121,7 +121,7 @@ def evaluate(
     name: str = "recsys_evaluate",  # no "/": a utils.python app name is used as is (local_cwd loses "a/b")
     overrides: Optional[List[str]] = None,
 ) -> specs.AppDef:
-    """Re-scores saved checkpoints on a split (python -m recsys.evaluate), in one process: the
+    """Re-scores saved checkpoints on a split (python -m recsys.eval), in one process: the
     report (results.md/.json, AUC-vs-m plot) lands in the config's run directory.
 
     Args:
@@ -138,7 +138,7 @@ def evaluate(
         overrides: config overrides KEY=VALUE
     """
     args = ["--config", config, "--checkpoint", checkpoint, "--split", split, "--which", which]
-    return utils.python(*args, *_overrides(overrides), m="recsys.evaluate", image=image, name=name, cpu=cpu,
+    return utils.python(*args, *_overrides(overrides), m="recsys.eval", image=image, name=name, cpu=cpu,
                         gpu=gpu, memMB=memMB, h=h)
 
 
