@@ -48,7 +48,7 @@ class PlanDoesNotFit(UserError):
     """The tables (with their optimizer state) cannot be placed on the group's ranks.
 
     ``report_here`` is the group's rank 0, which planned; the others stay quiet (see
-    ``recsys.train_group._fail``)."""
+    ``recsys.train.cli``)."""
 
     def __init__(self, message: str, report_here: bool = True) -> None:
         super().__init__(message)

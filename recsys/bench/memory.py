@@ -171,13 +171,15 @@ def big_run(gb: float, workdir: Path) -> dict[str, Any]:
         "[train]\nbatch_size = 1024\nepochs = 1\nmax_steps_per_epoch = 20\ncheckpoint_interval = 10\nlog_every = 5\n"
         '[sharding]\nsharding_type = "row_wise"\n'
     )
-    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            str(repo / "recsys" / "train_group.py"), "--config", str(cfg)]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    train = [str(repo / "recsys" / "train_group.py"), "--config", str(cfg)]
+    # The planned kill is a test hook (tests/fault_injection.py wraps the real CLI), not a train flag.
+    killer = [str(repo / "tests" / "fault_injection.py"), "--config", str(cfg)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     phases: dict[str, Any] = {}
-    for phase, extra in (("killed at step 15", ["--fail-at-step", "15"]), ("resumed", ["--resume"])):
+    for phase, cmd in (("killed at step 15", killer + ["--fail-at-step", "15"]), ("resumed", train + ["--resume"])):
         t0 = time.perf_counter()
-        p = subprocess.Popen(base + extra, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        p = subprocess.Popen(launch + cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
         with PeakSampler(p.pid) as sampler:
             out, _ = p.communicate()
