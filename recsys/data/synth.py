@@ -34,12 +34,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from tqdm import tqdm
 
+from recsys.data.criteo_layout import RAW_COLUMNS
 from recsys.eval.metrics import auc_score
 
 DATASETS = ("criteo", "avazu", "kdd12")
 BATCH_ROWS = 262_144  # rows generated and written at a time: bounds memory
 
-CRITEO_COLUMNS = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+CRITEO_COLUMNS = list(RAW_COLUMNS)  # label, I1..I13, C1..C26: the layout is written once, in criteo_layout
 AVAZU_COLUMNS = (
     "id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,app_domain,"
     "app_category,device_id,device_ip,device_model,device_type,device_conn_type,"
