@@ -34,7 +34,8 @@ def _worker(rows: int, mode: str, result: str) -> int:
     import torch.distributed as dist
 
     from recsys.distributed import init_distributed
-    from recsys.evaluate import assemble_member_logits, score
+    from recsys.eval.gather import assemble_member_logits
+    from recsys.eval.report import score
 
     env = init_distributed("cpu")
     labels = (torch.rand(rows, generator=torch.Generator().manual_seed(0)) < 0.25).float()  # same rows everywhere

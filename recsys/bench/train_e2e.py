@@ -7,7 +7,7 @@ a fixed number of training steps, then reads back what the run logged:
   over the wall time of the training steps (evaluation and checkpoints excluded);
   parallel groups overlap in time, sequential ones add up;
 - member-examples/s: examples/s x M, the work the ensemble does (``train/member_examples_per_s``);
-- evaluation: ``recsys.evaluate`` times the forward passes, the gather of the
+- evaluation: ``recsys.eval`` times the forward passes, the gather of the
   [N, M] logit matrix to rank 0 and the merge separately; the gather share is
   (gather + merge) / (forward + gather + merge), target < 3%.
 

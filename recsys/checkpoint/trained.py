@@ -31,14 +31,14 @@ def load_trained_group(
     (early stopping's) or latest checkpoint, unsharded, on CPU: ``(EnsembleGroup, step)``.
 
     DCP reshards whatever layout training saved into the plain module; used by
-    ``python -m recsys.evaluate`` and by ``recsys.serve``.
+    ``python -m recsys.eval`` and by ``recsys.serve``.
 
     Example::
 
         group, step = load_trained_group(load_config("configs/demo.toml"), 0, "checkpoints/demo")
     """
     from recsys.ensemble import GroupTrain, build_group
-    from recsys.models.blocks import materialize_embeddings
+    from recsys.models.embedding_init import materialize_embeddings
 
     # Tables allocated but not initialized: the checkpoint overwrites every value.
     model = GroupTrain(build_group(cfg.members, cfg.member_names, cfg.groups[k], cfg.schema(), materialize=False))

@@ -26,7 +26,7 @@ from recsys import torchrec_compat
 from recsys.config.schema import EmbeddingOptimizerConfig, ShardingConfig
 from recsys.distributed.env import DistEnv
 from recsys.distributed.planning import build_plan, make_sharder
-from recsys.models.blocks import table_inits
+from recsys.models.embedding_init import table_inits
 
 if TYPE_CHECKING:
     from recsys.models.embedding_init import TableInit

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from recsys.checkpoint import TrainState
     from recsys.config import ExperimentConfig, TrainConfig
-    from recsys.evaluate import EvalResult
+    from recsys.eval.runner import EvalResult
     from recsys.train.loop import GroupTrainer
 
 
@@ -158,7 +158,7 @@ class Validation(Callback):
     @staticmethod
     def _log_val(loop: GroupTrainer, state: TrainState, res: EvalResult) -> float:
         """Val AUC of the group mean (the early-stopping signal), broadcast over the group."""
-        from recsys.evaluate import score
+        from recsys.eval.report import score
 
         run = loop.run
         auc = torch.zeros(1, dtype=torch.float64, device=loop.env.device)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from recsys.distributed import DistEnv
     from recsys.train.callbacks import Callback
 
-EVAL_TIMINGS = ("forward", "wait", "gather", "merge")  # recsys.evaluate's EvalResult.timings keys
+EVAL_TIMINGS = ("forward", "wait", "gather", "merge")  # recsys.eval.runner's EvalResult.timings keys
 
 
 def train(
@@ -74,7 +74,7 @@ def train(
     test = merge_across_groups(results, len(names), parallel, "test", env)
     t_cross = time.perf_counter() - t0
     # Rank 0's evaluation timings (both splits, all its groups): forward passes vs moving and
-    # merging logits (in-group gather + cross-group assembly + merge); see recsys.evaluate.
+    # merging logits (in-group gather + cross-group assembly + merge); see recsys.eval.
     timings = {k: sum(float(r.split(s).timings[k]) for r in results for s in ("val", "test")) for k in EVAL_TIMINGS}
     timings["gather"] += t_cross
     eps = member_examples_per_s(results, parallel, len(cfg.groups), env)

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from recsys.checkpoint import TrainState
     from recsys.config import ExperimentConfig
     from recsys.distributed import DistEnv
-    from recsys.evaluate import EvalResult
+    from recsys.eval.runner import EvalResult
     from recsys.train.build import GroupParts
     from recsys.train.callbacks import Callback
     from recsys.train.schedule import GroupResult, GroupRun
@@ -281,7 +281,7 @@ class GroupTrainer:
 
     def evaluate(self, split: str) -> EvalResult:
         """Scores `split` with this group: an EvalResult whose [N, M_k] logits sit on the group leader."""
-        from recsys.evaluate import evaluate_split
+        from recsys.eval.runner import evaluate_split
 
         self.detach()
         mk = len(self.run.members)

@@ -22,7 +22,7 @@ import torch.distributed as dist
 if TYPE_CHECKING:
     from recsys.config import ExperimentConfig
     from recsys.distributed import DistEnv
-    from recsys.evaluate import EvalResult
+    from recsys.eval.runner import EvalResult
 
 
 @dataclass
@@ -93,7 +93,7 @@ def merge_across_groups(
     empty blocks) places them and checks every cell is written once.
     """
     from recsys.ensemble import stack_member_logits
-    from recsys.evaluate import assemble_member_logits
+    from recsys.eval.gather import assemble_member_logits
 
     if parallel:
         (r,) = results  # exactly one group per rank in the parallel schedule
