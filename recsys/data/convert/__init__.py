@@ -24,6 +24,10 @@ Why it looks like this (speed and memory are requirements, not niceties):
   (id = stable 64-bit hash % N) and memory is bounded by chunk size x workers,
   whatever the input size.  Values are identified by a 64-bit hash; two distinct
   values of one field collide with probability ~ n^2 / 2^65 (1e-5 for 10M values).
+* **The vocabulary is saved** in ``vocab/`` beside ``meta.json`` (``saved_vocab``), covered by
+  ``meta.json``'s sha256 of each file; ``--vocab-from DIR`` maps new raw files with DIR's
+  vocabulary in a single pass (unseen values -> OOV, the same table sizes), and
+  ``raw_rows.RawRowEncoder`` maps raw rows for serving through the same parse and lookup.
 * **Splits** are a seeded random 8:1:1 (``--split``) drawn per chunk from
   ``(seed, file, chunk)``, or explicit files (``--train/--val/--test``).
 * **Atomic.**  The whole conversion (arrays, ``meta.json``, the pass-1 cache) is
@@ -58,6 +62,7 @@ The modules, in the order the data flows through them:
 ``kernels``        the C kernels' ctypes wrappers (scan, dictionary encode, merge, lookup)
 ``parsed``         what a parser hands back, and the bad-row texts both engines share
 ``vocab``          train counts, min-count vocabularies with OOV 0, the lookup, ``VocabCache``
+``saved_vocab``    ``vocab/`` beside ``meta.json``: manifest, keys and ids, checksums; ``--vocab-from``
 ``passes``         one chunk's work in each pass (hash; count; map)
 ``pool``           threads or forked processes, results in chunk order
 ``writer``         the nine streamed ``.npy`` outputs
@@ -65,6 +70,7 @@ The modules, in the order the data flows through them:
 ``badrows``        the bad-row log and ``--max-bad-fraction``
 ``driver``         ``ConvertConfig``, ``check_config``, ``convert``
 ``cli``            ``data_prep/*_to_npy.py``: flags, exit codes, one-line errors
+``raw_rows``       raw request rows -> ids through the same parse and lookup (serving, scoring)
 =================  ======================================================================
 
 Example::

@@ -55,6 +55,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
             f"  python {script} --input {ex} --output data/{dataset}_h --hash 1000000 --workers 4\n"
             f"  python {script} --train {ex.split()[0]} --val {ex.split()[0]} --test {ex.split()[0]} "
             f"--output data/{dataset}_days\n"
+            f"  python {script} --test {ex.split()[-1]} --output data/{dataset}_new --vocab-from data/{dataset}\n"
         ),
     )
     p.add_argument("--input", nargs="+", default=[], metavar="FILE", help="raw files (.gz ok), split randomly")
@@ -67,6 +68,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
                    help=f"min train count to get an own id (default {fmt.default_min_count})")
     g.add_argument("--hash", type=int, default=None, metavar="N",
                    help="map values by a stable hash mod N (single pass, bounded memory)")
+    g.add_argument("--vocab-from", default=None, metavar="DIR",
+                   help="map with the saved vocabulary of an earlier conversion DIR (its vocab/): nothing "
+                        "is counted, unseen values get the OOV id, meta.json keeps DIR's vocabulary sizes")
     p.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
@@ -117,7 +121,7 @@ def config_from_args(dataset: str, args: argparse.Namespace) -> ConvertConfig:
         seed=args.seed, min_count=args.min_count, hash_size=args.hash,
         numeric=getattr(args, "numeric", "discretize"), workers=args.workers,
         max_bad_fraction=args.max_bad_fraction, chunk_mb=args.chunk_mb, progress=not args.no_progress,
-        engine=args.engine,
+        engine=args.engine, vocab_from=args.vocab_from,
     )
 
 

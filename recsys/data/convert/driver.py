@@ -30,6 +30,7 @@ from recsys.data.convert.formats import FORMATS, RawFormat
 from recsys.data.convert.parse_native import resolve_engine
 from recsys.data.convert.passes import Job, run_count_chunk, run_hash_chunk, run_map_chunk
 from recsys.data.convert.pool import make_pool, ordered_map
+from recsys.data.convert.saved_vocab import VOCAB_DIR, VOCAB_FILE, SavedVocab, open_vocab, write_manifest
 from recsys.data.convert.splits import SPLITS, resolve_files
 from recsys.data.convert.staging import Staging, close_staging, held_lock_fds, open_staging, swap_in
 from recsys.data.convert.vocab import TrainCounts, VocabCache, build_vocab, save_vocab
@@ -58,6 +59,7 @@ class ConvertConfig:
     chunk_mb: float = 16.0
     progress: bool = True
     engine: str = "auto"  # "auto" (compiled scanner where there is one) | "native" | "arrow"
+    vocab_from: str | None = None  # a converted data dir: map with its saved vocabulary, count nothing
     # forked pool workers (pyarrow engine) tune their own glibc malloc (pool.keep_freed_memory);
     # the calling process is never changed (the CLI tunes its own, being the converter's alone)
     tune_worker_malloc: bool = True
@@ -81,6 +83,8 @@ def check_config(cfg: ConvertConfig) -> tuple[RawFormat, int, tuple[float, float
         raise InputError(f"--numeric dense: {fmt.name} has no numeric features")
     if cfg.hash_size is not None and cfg.min_count is not None:
         raise InputError("give --min-count or --hash, not both")
+    if cfg.vocab_from is not None and (cfg.hash_size is not None or cfg.min_count is not None):
+        raise InputError("give --vocab-from or --min-count/--hash, not both (the saved vocabulary has its own)")
     if cfg.hash_size is not None and not 1 <= cfg.hash_size <= MAX_HASH:
         raise InputError(f"--hash must be in 1..{MAX_HASH} (ids are int32), got {cfg.hash_size}")
     if cfg.min_count is not None and cfg.min_count < 1:
@@ -97,7 +101,7 @@ def check_config(cfg: ConvertConfig) -> tuple[RawFormat, int, tuple[float, float
     fracs = tuple(float(x) for x in cfg.split)
     if len(fracs) != 3 or not all(math.isfinite(x) and x >= 0 for x in fracs) or abs(sum(fracs) - 1.0) > 1e-6:
         raise InputError(f"--split must be three non-negative fractions summing to 1, got {cfg.split}")
-    if cfg.hash_size is None and (not cfg.split_files and fracs[0] == 0 or cfg.split_files and
+    if cfg.hash_size is None and cfg.vocab_from is None and (not cfg.split_files and fracs[0] == 0 or cfg.split_files and
                                   not cfg.split_files.get("train")):
         raise InputError("no train rows to count the vocabularies on (give train a share of --split or "
                          "--train files, or use --hash N)")
@@ -128,12 +132,18 @@ def convert(cfg: ConvertConfig, log: Callable[[str], None] = print) -> Schema:
     the previous output is left as it was by every failure.
     """
     fmt, min_count, fracs = check_config(cfg)
+    saved = None
+    if cfg.vocab_from is not None:  # checked (checksums too) before any input is read or output written
+        saved = open_vocab(cfg.vocab_from)
+        saved.check_fits(fmt.name, cfg.numeric)
+        cfg = replace(cfg, hash_size=saved.hash_size)
+        min_count = saved.min_count or min_count
     files, file_splits = resolve_files(cfg.split_files, cfg.inputs)
     check_inputs(fmt, files)
     st = open_staging(cfg.output)
     ok = False
     try:
-        schema, rows, elapsed = _convert_into(st.dir, cfg, fmt, files, file_splits, min_count, fracs, log)
+        schema, rows, elapsed = _convert_into(st.dir, cfg, fmt, files, file_splits, min_count, fracs, log, saved)
         swap_in(st)
         ok = True
     except OSError as e:
@@ -147,12 +157,17 @@ def convert(cfg: ConvertConfig, log: Callable[[str], None] = print) -> Schema:
 
 def _convert_into(
     out: Path, cfg: ConvertConfig, fmt: RawFormat, files: list[str], file_splits: list[int], min_count: int,
-    fracs: tuple[float, float, float], log: Callable[[str], None],
+    fracs: tuple[float, float, float], log: Callable[[str], None], saved: SavedVocab | None,
 ) -> tuple[Schema, dict[str, int], float]:
-    """The conversion proper, written into the (staging) dir ``out``: (schema, rows per split, seconds)."""
+    """The conversion proper, written into the (staging) dir ``out``: (schema, rows per split, seconds).
+
+    The vocabulary goes to ``out/vocab/`` (``saved_vocab``): counted here, or copied from ``saved``
+    (``--vocab-from``), whose rows then take the single pass."""
     sparse_names, dense_names = fmt.feature_names(cfg.numeric)
     cache_dir = out / ".convert_cache"
     cache_dir.mkdir()
+    vocab_dir = out / VOCAB_DIR
+    vocab_dir.mkdir()
     cpu0 = time.process_time()
     engine, load_seconds = resolve_engine(cfg.engine, fmt.name, log=log)
     load_cpu = time.process_time() - cpu0
@@ -170,11 +185,17 @@ def _convert_into(
         tasks = make_tasks(files, file_splits, chunk_bytes)
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"{fmt.name}: read", disable=not cfg.progress)
         passes = _Passes(cfg, job, pool, writer, bad, bar, files, phases, t0, log)
-        if cfg.hash_size is not None:
+        if saved is not None:
+            if saved.mode == "min_count":
+                shutil.copyfile(saved.dir / VOCAB_FILE, vocab_dir / VOCAB_FILE)
+                passes.job = replace(job, vocab=VocabCache(str(vocab_dir / VOCAB_FILE)))
+            passes.hash_pass(tasks)
+            sizes = [s for _, s in saved.fields]
+        elif cfg.hash_size is not None:
             passes.hash_pass(tasks)
             sizes = [cfg.hash_size] * len(sparse_names)
         else:
-            sizes = passes.vocab_passes(tasks, min_count, len(sparse_names))
+            sizes = passes.vocab_passes(tasks, min_count, len(sparse_names), str(vocab_dir / VOCAB_FILE))
         rows = writer.rows()
         writer.commit()
     except ChunkFault as e:  # chunks come in order: every line before this chunk is counted
@@ -200,6 +221,13 @@ def _convert_into(
         log(f"warning: skipped {bad.bad} malformed rows of {bad.rows} ({100 * bad.bad / bad.rows:.3g}%)")
     preprocessing = _preprocessing_meta(cfg, fmt, files, fracs, min_count, chunk_bytes, job.engine, bad, elapsed,
                                         phases, load_seconds, load_cpu)
+    mode = "hash" if cfg.hash_size is not None else "min_count"
+    with writing(vocab_dir):
+        preprocessing["vocab_sha256"] = write_manifest(
+            vocab_dir, fmt.name, cfg.numeric if fmt.name == "criteo" else None, mode,
+            None if cfg.hash_size is not None else min_count, cfg.hash_size, list(zip(sparse_names, sizes)))
+    preprocessing["vocab_dir"] = VOCAB_DIR
+    preprocessing["vocab_from"] = None if saved is None else str(saved.data_dir.resolve())
     schema = Schema(
         dataset=fmt.name,
         sparse_features=tuple(SparseFeature(n, s) for n, s in zip(sparse_names, sizes)),
@@ -243,8 +271,9 @@ class _Passes:
         self.bad.check(self.cfg.max_bad_fraction, self.files)
         self.phases["hash_pass"] = time.perf_counter() - self.t0
 
-    def vocab_passes(self, tasks: Iterator[Task], min_count: int, num_fields: int) -> list[int]:
-        """Vocabulary mode: count (pass 1), build the vocabularies, map in place (pass 2); the sizes."""
+    def vocab_passes(self, tasks: Iterator[Task], min_count: int, num_fields: int, vocab_path: str) -> list[int]:
+        """Vocabulary mode: count (pass 1), build the vocabularies (saved to ``vocab_path``), map in
+        place (pass 2); the sizes."""
         cfg, job, phases = self.cfg, self.job, self.phases
         counter = TrainCounts(num_fields, job.engine)
         caches: list[tuple[str, list[int]]] = []
@@ -259,7 +288,6 @@ class _Passes:
         self.bad.check(cfg.max_bad_fraction, self.files)
         phases["count_pass"] = time.perf_counter() - self.t0
         vocab, sizes = build_vocab(counter.final(), min_count, job.engine, self.pool)
-        vocab_path = str(Path(job.cache_dir) / "vocab.npz")
         with writing(vocab_path):
             save_vocab(vocab_path, vocab)
         del vocab, counter
@@ -291,7 +319,7 @@ def _preprocessing_meta(
         "vocab": "hash" if cfg.hash_size is not None else "min_count",
         "min_count": None if cfg.hash_size is not None else min_count,
         "hash_size": cfg.hash_size,
-        "vocab_counted_on": None if cfg.hash_size is not None else "train",
+        "vocab_counted_on": None if cfg.hash_size is not None else "train",  # of vocab_from, if given
         "oov_id": None if cfg.hash_size is not None else 0,
         "numeric": cfg.numeric if fmt.name == "criteo" else None,
         "numeric_transform": (

@@ -1,6 +1,7 @@
 """What a worker does with one chunk, in each pass: the per-chunk work of a conversion.
 
-``--hash N``: one pass (``run_hash_chunk``): parse, id = key % N, rows back per split.
+``--hash N``: one pass (``run_hash_chunk``): parse, id = key % N, rows back per split; so does
+``--vocab-from`` a min-count vocabulary (id = the saved vocabulary's lookup, nothing counted).
 Vocabulary mode: pass 1 (``run_count_chunk``) parses, counts the train values and caches
 the parsed chunk to the scratch dir; pass 2 (``run_map_chunk``) maps the cache to ids and
 writes the rows in place (``pwrite``) at the chunk's offsets of the preallocated outputs.
@@ -91,29 +92,61 @@ def _stats(task: Task, data: bytes, p: Parsed | Scanned) -> ChunkStats:
     return ChunkStats(task, p.n_lines, p.n_rows, p.bad_count, p.bad_examples, len(data))
 
 
-def _parse(job: Job, data: bytes, task: Task) -> Parsed | Scanned:
+def parse_bytes(job: Job, data: bytes, task: Task) -> Parsed | Scanned:
     """The chunk parsed by the run's engine."""
     if job.engine == "native":
         return scan_chunk(data, task, job.split_fracs, job.seed, job.numeric)
     return parse_chunk(FORMATS[job.fmt_name], data, task, job.split_fracs, job.seed, job.numeric)
 
 
-def run_hash_chunk(job: Job, task: Task) -> SplitArrays:
-    """--hash mode, the only pass: parse, hash % N, hand back per-split rows."""
-    data = read_task_bytes(task)
-    p = _parse(job, data, task)
-    assert job.hash_size is not None
+def split_ids(job: Job, p: Parsed | Scanned) -> SplitRows:
+    """A parsed chunk's good rows per split, its values mapped to ids: ``key % N`` with ``--hash N``,
+    else the lookup in ``job.vocab`` (OOV 0).  One piece for the converter's passes and for
+    ``raw_rows.RawRowEncoder``, so that offline conversion and serving cannot disagree."""
+    if job.hash_size is None:
+        if isinstance(p, Scanned):
+            p = p.to_parsed()[0]
+        keys = np.concatenate(p.keys) if p.keys else np.zeros(0, np.uint64)
+        return lookup_rows(job, p.indices, keys, np.cumsum([0] + [k.size for k in p.keys]), p.dense, p.labels,
+                           p.split)
     if isinstance(p, Scanned):
         parts = []
         for s in range(len(SPLITS)):
             m = p.split == s
             parts.append((p.dense[m], kernels.hashed_ids(p.keys, p.good[m], job.hash_size), p.labels[m]))
-    else:
-        n_buckets = np.uint64(job.hash_size)
-        sparse_t = np.empty(p.indices.shape, dtype=np.int32)  # [F, n]
-        for f, k in enumerate(p.keys):
-            np.take((k % n_buckets).astype(np.int32), p.indices[f], out=sparse_t[f])
-        parts = split_parts(p.dense, sparse_t.T, p.labels, p.split)
+        return parts
+    n_buckets = np.uint64(job.hash_size)
+    sparse_t = np.empty(p.indices.shape, dtype=np.int32)  # [F, n]
+    for f, k in enumerate(p.keys):
+        np.take((k % n_buckets).astype(np.int32), p.indices[f], out=sparse_t[f])
+    return split_parts(p.dense, sparse_t.T, p.labels, p.split)
+
+
+def lookup_rows(job: Job, indices: np.ndarray, keys: np.ndarray, off: np.ndarray, dense: np.ndarray,
+                labels: np.ndarray, split: np.ndarray) -> SplitRows:
+    """A dictionary-encoded chunk (``indices`` int32 [F, n]; field f's distinct keys are
+    ``keys[off[f]:off[f + 1]]``) -> per split (dense, ids int32 [n_s, F], labels), in file order."""
+    assert job.vocab is not None
+    vocab = job.vocab.vocab()
+    if indices.shape[1] == 0:  # a chunk with no good rows
+        vocab = []
+    if job.engine == "native":
+        sparse, order, starts = kernels.lookup_gather(indices, keys, off, job.vocab.tables(), split, len(SPLITS))
+        if int(np.diff(starts).max(initial=0)) != sparse.shape[0]:  # (all rows in one split: order is 0..n-1)
+            dense, labels = dense[order], labels[order]
+        return [(dense[a:b], sparse[a:b], labels[a:b]) for a, b in zip(starts[:-1], starts[1:])]
+    sparse_t = np.empty(indices.shape, dtype=np.int32)  # [F, n]
+    for f, (vk, vi) in enumerate(vocab):
+        np.take(lookup(vk, vi, keys[off[f]:off[f + 1]]), indices[f], out=sparse_t[f])
+    return split_parts(dense, sparse_t.T, labels, split)
+
+
+def run_hash_chunk(job: Job, task: Task) -> SplitArrays:
+    """The single pass (``--hash N``, or ``--vocab-from`` a min-count vocabulary, nothing counted):
+    parse, map to ids, hand back per-split rows."""
+    data = read_task_bytes(task)
+    p = parse_bytes(job, data, task)
+    parts = split_ids(job, p)
     if not job.spill:
         return SplitArrays(_stats(task, data, p), parts)
     path = os.path.join(job.cache_dir, f"hash_{task.file_idx:04d}_{task.chunk_idx:06d}.bin")
@@ -128,7 +161,7 @@ def run_hash_chunk(job: Job, task: Task) -> SplitArrays:
 def run_count_chunk(job: Job, task: Task) -> Pass1Result:
     """Vocabulary pass 1: parse, count values on train rows, cache the parsed chunk."""
     data = read_task_bytes(task)
-    scanned = _parse(job, data, task)
+    scanned = parse_bytes(job, data, task)
     if isinstance(scanned, Scanned):
         p, counts = scanned.to_parsed()
     else:
@@ -156,25 +189,8 @@ def run_map_chunk(job: Job, item: tuple[str, list[int]]) -> None:
     """Vocabulary pass 2: cached chunk -> contiguous ids, written in place at this chunk's
     row offset of each split's (preallocated) output, so no rows travel back to the parent."""
     cache_file, row_offsets = item
-    assert job.vocab is not None
-    vocab = job.vocab.vocab()
     z = {name: np.load(f"{cache_file}.{name}.npy") for name in CACHE_ARRAYS}
-    indices, keys, off = z["indices"], z["keys"], z["offsets"]
-    if indices.shape[1] == 0:  # a chunk with no good rows
-        vocab = []
-    if job.engine == "native":
-        sparse, order, starts = kernels.lookup_gather(indices, keys, off, job.vocab.tables(), z["split"],
-                                                      len(SPLITS))
-        if int(np.diff(starts).max(initial=0)) == sparse.shape[0]:  # all rows in one split: order is 0..n-1
-            dense, labels = z["dense"], z["labels"]
-        else:
-            dense, labels = z["dense"][order], z["labels"][order]
-        parts = [(dense[a:b], sparse[a:b], labels[a:b]) for a, b in zip(starts[:-1], starts[1:])]
-    else:
-        sparse_t = np.empty(indices.shape, dtype=np.int32)  # [F, n]
-        for f, (vk, vi) in enumerate(vocab):
-            np.take(lookup(vk, vi, keys[off[f]:off[f + 1]]), indices[f], out=sparse_t[f])
-        parts = split_parts(z["dense"], sparse_t.T, z["labels"], z["split"])
+    parts = lookup_rows(job, z["indices"], z["keys"], z["offsets"], z["dense"], z["labels"], z["split"])
     for s, (dense, sparse, labels) in zip(SPLITS, parts):
         n, at = labels.shape[0], row_offsets[SPLITS.index(s)]
         for kind, arr in (("dense", dense), ("sparse", sparse), ("labels", labels)):

@@ -42,6 +42,7 @@ except ImportError:  # not POSIX: staging dirs are told alive by their pid alone
     fcntl = None  # type: ignore[assignment]  # the module, or None where there is none
 
 from recsys.data.convert.errors import InputError
+from recsys.data.convert.saved_vocab import VOCAB_DIR
 from recsys.data.convert.splits import SPLITS
 from recsys.data.schema import META_FILE
 from recsys.errors import one_line
@@ -50,10 +51,11 @@ STAGING_INFIX = ".convert-"  # staging dir of output <parent>/<name>: <parent>/.
 OWNER_FILE = ".owner"  # in a staging dir: the owner's pid, flock'ed by it for as long as it runs
 PREVIOUS = ".previous"  # two-rename swap: the old conversion, parked inside the new one for a moment
 KINDS = ("dense", "sparse", "labels")
-OUTPUT_NAMES = frozenset([META_FILE] + [f"{s}_{k}.npy" for s in SPLITS for k in KINDS])
+# the converter's outputs: replaced by a new conversion (vocab/ with them: a new run brings its own)
+OUTPUT_NAMES = frozenset([META_FILE, VOCAB_DIR] + [f"{s}_{k}.npy" for s in SPLITS for k in KINDS])
 # the converter's scratch names; in an output dir only leftovers of a killed run (or of older versions)
 SCRATCH_NAMES = frozenset([".convert_cache", OWNER_FILE, PREVIOUS] + [f"{n}.tmp" for n in OUTPUT_NAMES
-                                                                       if n != META_FILE])
+                                                                       if n not in (META_FILE, VOCAB_DIR)])
 _ACTIVE_STAGING: set[str] = set()  # staging dirs this process is converting into right now
 _LOCK_FDS: set[int] = set()  # their lock descriptors: forked pool workers close their copies
 

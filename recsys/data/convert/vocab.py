@@ -136,10 +136,10 @@ class VocabCache:
         tbl, base, mask = cache.tables()      # for kernels.lookup_gather
     """
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, vocab: list[FieldVocab] | None = None) -> None:
+        self.path = path  # ``vocab``: the file's contents, when the caller has read them already
         self._lock = threading.Lock()
-        self._vocab: list[FieldVocab] | None = None
+        self._vocab: list[FieldVocab] | None = vocab
         self._tables: VocabTables | None = None
 
     def _load(self) -> list[FieldVocab]:
