@@ -27,7 +27,7 @@ Example::
 
 from __future__ import annotations
 
-from recsys.budget.cli import BudgetError, main, parser_with_examples
+from recsys.budget.cli import BudgetError, main
 from recsys.budget.counting import MemberBudget, count_params, embedding_bytes_per_example, member_budget
 from recsys.budget.latency import forward_latency_ms, measure_latency_ms, random_inputs
 from recsys.budget.matching import (
@@ -59,7 +59,6 @@ __all__ = [
     "match_flops",
     "measure_latency_ms",
     "member_budget",
-    "parser_with_examples",
     "random_inputs",
     "spec_flops",
     "split_member_list",

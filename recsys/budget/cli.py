@@ -17,7 +17,7 @@ from recsys.budget.counting import member_budget
 from recsys.budget.latency import forward_latency_ms
 from recsys.budget.matching import match_flops
 from recsys.budget.table import budget_table, human, split_member_list
-from recsys.cli import run_main
+from recsys.cli import parser_with_examples, run_main
 from recsys.data.schema import Schema
 from recsys.ensemble import EnsembleGroup, member_names
 from recsys.errors import UserError
@@ -30,21 +30,6 @@ _T = TypeVar("_T")
 class BudgetError(UserError, ValueError):
     """A bad command line (empty member list, non-positive batch size) or a member that does
     not build."""
-
-
-def parser_with_examples(prog: str, description: str, examples: str) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` whose ``--help`` ends with ``examples`` as written (line breaks kept).
-
-    Why: every command of the project shows its examples this way; one function instead of
-    the same five constructor lines in each CLI.
-
-    Example::
-
-        p = parser_with_examples("python -m recsys.budget", "Inference budget per member.",
-                                 "examples:\\n  python -m recsys.budget --schema data/criteo --members dcnv2\\n")
-    """
-    return argparse.ArgumentParser(prog=prog, description=description, epilog=examples,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from recsys.checkpoint import load_trained_group
-from recsys.cli import run_main
+from recsys.cli import parser_with_examples, run_main
 from recsys.config import load_config
 from recsys.ensemble import stack_member_logits
 from recsys.eval.report import report_markdown, score, write_report
@@ -28,11 +28,10 @@ PROG = "python -m recsys.eval"
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line; ``--help`` shows the examples."""
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Score saved group checkpoints on an eval split and write results.json/.md and auc_vs_m.png.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"""examples:
+    p = parser_with_examples(
+        PROG,
+        "Score saved group checkpoints on an eval split and write results.json/.md and auc_vs_m.png.",
+        f"""examples:
   {PROG} --config configs/demo.toml --checkpoint checkpoints/demo
   {PROG} --config configs/demo.toml --checkpoint checkpoints/demo --split val --out runs/demo-eval
   {PROG} --config configs/demo.toml --checkpoint checkpoints/demo --device cuda

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from recsys.cli import run_main
+from recsys.cli import parser_with_examples, run_main
 from recsys.study.configs import TrainSettings
 from recsys.study.plan import DEFAULT_BASE, DEFAULT_HETERO, DEFAULT_KNOBS, build_plan, short_spec
 from recsys.study.run import ROOT, ensure_data, train_run
@@ -38,12 +38,11 @@ PROG = "tts_vs_params"  # the prefix of every line the study prints (and the nam
 
 def build_parser() -> argparse.ArgumentParser:
     """The study's options (the same as the old ``python -m recsys.bench.tts_vs_params``)."""
-    p = argparse.ArgumentParser(
-        prog="python -m recsys.study",
-        description="Ensembles (test-time scaling) vs FLOP-matched wider/deeper single models "
+    p = parser_with_examples(
+        "python -m recsys.study",
+        "Ensembles (test-time scaling) vs FLOP-matched wider/deeper single models "
         "(parameter scaling), trained with recsys/train_group.py.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Examples::" + (__doc__ or "Examples::").split("Examples::", 1)[1],
+        "Examples::" + (__doc__ or "Examples::").split("Examples::", 1)[1],
     )
     p.add_argument("--data", default="data/demo/criteo", help="converted dataset dir (created as demo.sh does "
                    "when it is the default and missing)")

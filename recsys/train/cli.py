@@ -53,7 +53,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from recsys.cli import run_main
+from recsys.cli import parser_with_examples, run_main
 from recsys.errors import UserError, one_line
 
 if TYPE_CHECKING:
@@ -81,12 +81,11 @@ class RankError(UserError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="train_group.py",
-        description="Train an ensemble of CTR models in groups (each on the BCE of its mean logit), "
+    p = parser_with_examples(
+        "train_group.py",
+        "Train an ensemble of CTR models in groups (each on the BCE of its mean logit), "
         "sharded with TorchRec DMP, then merge and report.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Examples::", 1)[1] if __doc__ else None,
+        __doc__.split("Examples::", 1)[1] if __doc__ else None,
     )
     p.add_argument(
         "target", nargs="?", default=None,
