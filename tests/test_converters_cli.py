@@ -195,3 +195,25 @@ def test_unwritable_output_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     rc = main("criteo", ["--input", str(src), "--output", str(blocker / "out"), "--no-progress"])
     assert rc == 2
     assert "error:" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("dataset", ["criteo", "avazu", "kdd12"])
+def test_cli_vocab_from_via_subprocess(tmp_path: Path, dataset: str) -> None:
+    from recsys.data.synth import write_kdd12
+
+    src = tmp_path / f"raw.{dataset}"
+    {"criteo": write_criteo, "avazu": write_avazu, "kdd12": write_kdd12}[dataset](src, 300, seed=1)
+    script = f"data_prep/{dataset}_to_npy.py"
+    r = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0 and "--vocab-from DIR" in r.stdout and "--vocab-from data/" in r.stdout
+    base = [sys.executable, script, "--input", str(src), "--no-progress", "--workers", "1"]
+    assert subprocess.run([*base, "--output", str(tmp_path / "a")], cwd=REPO).returncode == 0
+    r = subprocess.run([*base, "--output", str(tmp_path / "b"), "--vocab-from", str(tmp_path / "a")], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for name in ("train_sparse.npy", "test_sparse.npy", "val_dense.npy"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    r = subprocess.run([*base, "--output", str(tmp_path / "c"), "--vocab-from", str(tmp_path / "missing")],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "missing: no such directory" in one_error_line(r.stderr)
+    assert not (tmp_path / "c").exists()
