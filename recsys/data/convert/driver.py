@@ -256,7 +256,8 @@ class _Passes:
     log: Callable[[str], None]
 
     def hash_pass(self, tasks: Iterator[Task]) -> None:
-        """``--hash``: the only pass; rows come back per chunk (or as a spill file) and are appended."""
+        """The single pass (``--hash``, or ``--vocab-from``): rows come back per chunk (or as a spill
+        file) and are appended."""
         for res in ordered_map(run_hash_chunk, tasks, self.job, self.pool, self.cfg.workers):
             self.bad.add(res.stats)
             if res.spill is not None:
