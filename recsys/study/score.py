@@ -68,7 +68,7 @@ def replica_score(
         return Score(results["ensemble"]["auc"], results["ensemble"]["logloss"])
     if logits is None:
         raise LogitsMissing(f"members {rep} are no group of the run, and its logits_test.pt is missing")
-    from recsys.evaluate import auc_score, logloss_score
+    from recsys.eval.metrics import auc_score, logloss_score
 
     member_logits, labels = logits
     merged = member_logits[:, rep].double().mean(dim=1)
