@@ -83,8 +83,10 @@ from __future__ import annotations
 from recsys.data.convert.cli import build_parser, main
 from recsys.data.convert.driver import MAX_HASH, ConvertConfig, check_config, convert
 from recsys.data.convert.errors import ChunkFault, InputError
+from recsys.data.convert.raw_rows import RawRowEncoder, RowError
+from recsys.data.convert.saved_vocab import VocabError, open_vocab
 from recsys.data.convert.splits import SPLITS
 from recsys.data.convert.writer import NpyAppender, SplitWriter
 
-__all__ = ["MAX_HASH", "SPLITS", "ChunkFault", "ConvertConfig", "InputError", "NpyAppender", "SplitWriter",
-           "build_parser", "check_config", "convert", "main"]
+__all__ = ["MAX_HASH", "SPLITS", "ChunkFault", "ConvertConfig", "InputError", "NpyAppender", "RawRowEncoder",
+           "RowError", "SplitWriter", "VocabError", "build_parser", "check_config", "convert", "main", "open_vocab"]
