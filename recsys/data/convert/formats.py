@@ -27,6 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recsys.data.criteo_layout import RAW_DENSE_NAMES, RAW_SPARSE_NAMES
+
 # ----------------------------------------------------------------------------- hashing
 
 _M64 = (1 << 64) - 1
@@ -170,8 +172,8 @@ class RawFormat:
 CRITEO = RawFormat(
     "criteo",
     (Column("label", "label"),)
-    + tuple(Column(f"I{i}", "num") for i in range(1, 14))
-    + tuple(Column(f"C{i}", "cat") for i in range(1, 27)),
+    + tuple(Column(n, "num") for n in RAW_DENSE_NAMES)
+    + tuple(Column(n, "cat") for n in RAW_SPARSE_NAMES),
     "\t",
     False,
     10,

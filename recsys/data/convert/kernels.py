@@ -38,6 +38,7 @@ import time
 import numpy as np
 
 from recsys.data import native
+from recsys.data.criteo_layout import NUM_DENSE, NUM_SPARSE
 from recsys.data.convert.formats import EMPTY_KEY, TAG_NUM, _P, criteo_token, int_keys
 
 # status codes per row
@@ -46,9 +47,9 @@ BAD_COLUMNS = 1  # aux = the row's column count
 BAD_VALUE = 2  # aux = index of the first bad column (0 = label, 1..13 = I1..I13)
 BAD_CR = 3  # a carriage return inside the line (pyarrow's reader ends the line there); aux = 0
 
-CRITEO_COLUMNS = 40
-_NUM_INT = 13
-_NUM_CAT = 26
+_NUM_INT = NUM_DENSE
+_NUM_CAT = NUM_SPARSE
+CRITEO_COLUMNS = 1 + _NUM_INT + _NUM_CAT  # label, I1..I13, C1..C26: criteo_kernels.c's CRITEO_COLUMNS (40)
 _TABLE = 1 << 16  # small non-negative integers (most Criteo values) use precomputed tables
 _POWS_P = np.cumprod(np.array([1] + [_P] * 63, dtype=np.uint64), dtype=np.uint64)  # P^0..P^63 mod 2^64
 
