@@ -22,12 +22,17 @@ from torch import nn
 from torchrec.datasets.utils import Batch
 from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
 
+from recsys.checkpoint import GroupCheckpointer
 from recsys.config import ConfigError
+from recsys.data.loader import make_loader
+from recsys.distributed import make_optimizer, shard_module
+from recsys.ensemble import GroupTrain, build_group
+from recsys.grad_sync import require_global_mean_gradients
+from recsys.plan import topology_from_config
 
 if TYPE_CHECKING:
     from torchrec.optim.keyed import CombinedOptimizer
 
-    from recsys.checkpoint import GroupCheckpointer
     from recsys.config import ExperimentConfig
     from recsys.data.loader import CTRLoader
     from recsys.distributed import DistEnv
@@ -106,13 +111,6 @@ def build_group_parts(cfg: ExperimentConfig, env: DistEnv, run: GroupRun) -> Gro
 
     Collective over the group (DMP's planner and sharding).
     """
-    from recsys.checkpoint import GroupCheckpointer
-    from recsys.data.loader import make_loader
-    from recsys.distributed import make_optimizer, shard_module
-    from recsys.ensemble import GroupTrain, build_group
-    from recsys.grad_sync import require_global_mean_gradients
-    from recsys.plan import topology_from_config
-
     t = cfg.train
     if t.batch_size % run.group_world:
         raise ConfigError(

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
+
+from recsys.eval.report import score
 
 if TYPE_CHECKING:
-    from tqdm import tqdm
-
     from recsys.checkpoint import TrainState
     from recsys.config import ExperimentConfig, TrainConfig
     from recsys.eval.runner import EvalResult
@@ -80,8 +81,6 @@ class TrainLog(Callback):
         self.bar: tqdm[None] | None = None
 
     def on_epoch_start(self, loop: GroupTrainer, state: TrainState, total: int) -> None:
-        from tqdm import tqdm
-
         self.total, self.window = total, []
         self.logged_at = loop.clock.now()
         self.bar = tqdm(
@@ -158,8 +157,6 @@ class Validation(Callback):
     @staticmethod
     def _log_val(loop: GroupTrainer, state: TrainState, res: EvalResult) -> float:
         """Val AUC of the group mean (the early-stopping signal), broadcast over the group."""
-        from recsys.eval.report import score
-
         run = loop.run
         auc = torch.zeros(1, dtype=torch.float64, device=loop.env.device)
         if res.member_logits is not None and res.labels is not None:

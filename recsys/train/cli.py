@@ -47,13 +47,17 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from recsys.cli import parser_with_examples, run_main
+from recsys.config import load_config
+from recsys.data.errors import LoaderError
 from recsys.errors import UserError, one_line
 
 if TYPE_CHECKING:
@@ -73,8 +77,6 @@ class RankError(UserError):
     """
 
     def __init__(self, error: UserError, rank: int, world_size: int) -> None:
-        from recsys.data.loader import LoaderError
-
         super().__init__(f"[rank {rank}] {one_line(error)}" if world_size > 1 else one_line(error))
         report = error.report_here
         self.report_here = (rank == 0 or isinstance(error, LoaderError)) if report is None else report
@@ -111,9 +113,6 @@ def _quiet_libraries() -> None:
     """TorchRec 1.8 / torch 2.13 log deprecation notices on every rank at every plan and
     checkpoint (ShardedTensor -> DTensor, Topology construction, ...) that say nothing
     about this run; keep warnings and errors of our own visible."""
-    import logging
-    import warnings
-
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch.distributed")
     for name in ("torchrec", "torch.fx._symbolic_trace", "torch.distributed.checkpoint"):
@@ -138,7 +137,7 @@ def _should_report(e: UserError, launch_rank: int) -> bool:
 
 
 def _destroy_process_group() -> None:
-    import torch.distributed as dist
+    import torch.distributed as dist  # lazy: `--help` and config errors stay torch-free and fast
 
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> i
     launch_rank = int(os.environ.get("RANK", "0"))  # torchrun's; the process group does not exist yet
 
     def body() -> int:
-        from recsys.config import load_config
+        # lazy: torch and torchrec load only once the arguments parse (`--help` stays fast)
         from recsys.distributed import init_distributed
         from recsys.train.job import train
         from recsys.train.run_dir import check_previous_run, preflight

@@ -43,7 +43,7 @@ def train(
     (``recsys.train.callbacks.default_callbacks``).
     Returns the report as a dict on rank 0 (``None`` on the other ranks).
     """
-    from recsys.tb import RunLogger
+    from recsys.tb import RunLogger  # lazy: TensorBoard costs ~0.5 s and train_group.py --help imports this module
 
     resume = prepare_run_dirs(cfg, env, resume)
     groups, parallel = plan_groups(cfg, env, sequential)

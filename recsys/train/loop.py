@@ -32,19 +32,21 @@ import torch
 import torch.distributed as dist
 from torchrec.datasets.utils import Batch
 
+from recsys.checkpoint import TrainState, rng_state, set_rng_state
 from recsys.errors import UserError
+from recsys.eval.runner import evaluate_split
 from recsys.train.callbacks import EpochEnd
+from recsys.train.schedule import GroupResult
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
-    from recsys.checkpoint import TrainState
     from recsys.config import ExperimentConfig
     from recsys.distributed import DistEnv
     from recsys.eval.runner import EvalResult
     from recsys.train.build import GroupParts
     from recsys.train.callbacks import Callback
-    from recsys.train.schedule import GroupResult, GroupRun
+    from recsys.train.schedule import GroupRun
 
 
 class TrainingDiverged(UserError):
@@ -134,8 +136,6 @@ class GroupTrainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, resume: bool, callbacks: Sequence[Callback]) -> None:
-        from recsys.checkpoint import TrainState
-
         cfg, t, run = self.cfg, self.cfg.train, self.run
         # Same seed for every group and rank count, so a member's dropout/shuffle stream does
         # not depend on the schedule; group_rank keeps ranks of one group decorrelated.
@@ -162,8 +162,6 @@ class GroupTrainer:
     def _restore(self) -> tuple[TrainState, dict[str, object] | None]:
         """The newest intact checkpoint's state and this rank's loader position (collective);
         a fresh state if the group has none.  RNG states are restored as saved."""
-        from recsys.checkpoint import TrainState, set_rng_state
-
         run = self.run
 
         def warn(msg: str) -> None:
@@ -273,16 +271,12 @@ class GroupTrainer:
     def save(self, state: TrainState, is_best: bool = False) -> None:
         """Checkpoints the group at ``state.step`` (collective), with this rank's loader
         position and RNG states."""
-        from recsys.checkpoint import rng_state
-
         self.detach()
         extras = {"loader": self.train_loader.state_dict(), "rng": rng_state()}
         self.ckpt.save(state.step, self.model, self.optimizer, state, extras, is_best=is_best)
 
     def evaluate(self, split: str) -> EvalResult:
         """Scores `split` with this group: an EvalResult whose [N, M_k] logits sit on the group leader."""
-        from recsys.eval.runner import evaluate_split
-
         self.detach()
         mk = len(self.run.members)
         return evaluate_split(
@@ -294,8 +288,6 @@ class GroupTrainer:
 
     def finish(self) -> GroupResult:
         """Restores the best checkpoint, then scores val and test."""
-        from recsys.train.schedule import GroupResult
-
         self.detach()
         best = self.ckpt.load_best(self.model)
         run = self.run

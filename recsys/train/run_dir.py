@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch.distributed as dist
 
 from recsys.config import ConfigError
+from recsys.data.loader import LoaderError, open_split
 from recsys.errors import one_line
 
 if TYPE_CHECKING:
@@ -62,8 +63,6 @@ def preflight(cfg: ExperimentConfig) -> None:
     its header's size), have the schema's shapes, dtypes and row counts; the train split holds
     at least one global batch (else an epoch runs 0 steps and reports an untrained model).
     """
-    from recsys.data.loader import LoaderError, open_split
-
     source = cfg.data_source()
     splits = {}
     for split in ("train", "val", "test"):

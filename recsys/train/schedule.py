@@ -19,6 +19,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
+from recsys.distributed import group_schedule, new_subgroups
+from recsys.ensemble import stack_member_logits
+from recsys.eval.gather import assemble_member_logits
+
 if TYPE_CHECKING:
     from recsys.config import ExperimentConfig
     from recsys.distributed import DistEnv
@@ -64,8 +68,6 @@ def plan_groups(cfg: ExperimentConfig, env: DistEnv, sequential: bool = False) -
     Every rank creates every subgroup (``dist.new_group`` is collective), even
     those it is not part of.  ``sequential`` forces every group onto all ranks.
     """
-    from recsys.distributed import group_schedule, new_subgroups
-
     names = cfg.member_names
     schedule = None if sequential else group_schedule(env.world_size, cfg.groups)
     runs: list[GroupRun] = []
@@ -92,9 +94,6 @@ def merge_across_groups(
     ``assemble_member_logits`` over the world (leaders send [N, M_k], the others
     empty blocks) places them and checks every cell is written once.
     """
-    from recsys.ensemble import stack_member_logits
-    from recsys.eval.gather import assemble_member_logits
-
     if parallel:
         (r,) = results  # exactly one group per rank in the parallel schedule
         res = r.split(split)
