@@ -29,9 +29,13 @@ from pathlib import Path
 from typing import Sequence
 
 from recsys.cli import parser_with_examples, run_main
+from recsys.data.schema import Schema
 from recsys.study.configs import TrainSettings
+from recsys.study.cost import measure_budgets
 from recsys.study.plan import DEFAULT_BASE, DEFAULT_HETERO, DEFAULT_KNOBS, build_plan, short_spec
+from recsys.study.report import build_rows, plot_rows, table_markdown, verdict_lines
 from recsys.study.run import ROOT, ensure_data, train_run
+from recsys.study.score import arm_scores
 
 PROG = "tts_vs_params"  # the prefix of every line the study prints (and the name of its outputs)
 
@@ -97,8 +101,6 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from recsys.data.schema import Schema
-
     os.chdir(ROOT)  # relative paths (data, runs, the plot) are the repository's, as train_group.py's are
     data = Path(args.data)
     if args.data == "data/demo/criteo":
@@ -117,11 +119,8 @@ def _study(args: argparse.Namespace) -> int:
     if args.plan_only:
         return 0
 
-    from tqdm import tqdm
+    from tqdm import tqdm  # lazy: only a real run shows progress; --help stays fast
 
-    from recsys.study.cost import measure_budgets
-    from recsys.study.report import build_rows, plot_rows, table_markdown, verdict_lines
-    from recsys.study.score import arm_scores
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ class Budget:
 def arm_modules(arm: Arm, schema: Schema) -> EnsembleGroup:
     """Replica 0 of an arm as one ``EnsembleGroup`` (freshly initialized: latency and counts
     do not depend on the trained weights)."""
+    # lazy: `import recsys.study` stays torch-free, so `python -m recsys.study --help` is fast
     from recsys.ensemble import EnsembleGroup, member_names
     from recsys.models.registry import build_member
 
@@ -42,7 +43,7 @@ def arm_modules(arm: Arm, schema: Schema) -> EnsembleGroup:
 
 def arm_budget(arm: Arm, schema: Schema) -> Budget:
     """Exact parameter and FLOP counts of one replica (latency is measured separately)."""
-    from recsys.budget import count_params, spec_flops
+    from recsys.budget import count_params, spec_flops  # lazy: `import recsys.study` stays torch-free (--help)
 
     dense, emb = count_params(arm_modules(arm, schema))
     return Budget(dense, emb, sum(spec_flops(s, schema) for s in arm.specs), None)
@@ -59,6 +60,7 @@ def interleaved_latency_ms(
     drift, so the medians compare.  The replica runs its members one after another
     (as ``EnsembleGroup`` does): the cost without fan-out parallelism.
     """
+    # lazy: `import recsys.study` stays torch-free (--help)
     import torch
     from tqdm import tqdm
 
@@ -83,7 +85,7 @@ def measure_budgets(
 ) -> list[Budget]:
     """Every arm's ``Budget``; with ``latency_batch > 0`` its latency too, timed on
     ``latency_threads`` torch threads (restored afterwards)."""
-    import torch
+    import torch  # lazy: `import recsys.study` stays torch-free (--help)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(latency_threads)

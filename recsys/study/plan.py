@@ -78,6 +78,7 @@ class Arm:
 
 
 def _parse(spec: str) -> tuple[str, MemberConfig]:
+    # lazy: `import recsys.study` stays torch-free (the CLI's parser takes its defaults from here)
     from recsys.models.registry import MODELS
     from recsys.models.spec import parse_spec
 
@@ -91,7 +92,7 @@ def set_fields(spec: str, **values: object) -> str:
 
         set_fields("dcnv2:embedding_dim=8", seed=3)  # "dcnv2:seed=3,embedding_dim=8"
     """
-    from recsys.budget import config_to_spec
+    from recsys.budget import config_to_spec  # lazy: `import recsys.study` stays torch-free (--help)
 
     model, cfg = _parse(spec)
     changes: dict[str, Any] = dict(values)  # field names and types vary by model
@@ -123,7 +124,7 @@ def match_budget(base: str, knob: str, target_flops: int, schema: Schema, tol: f
     target, and the MLP width fills the remainder: the knob still carries most
     of the added compute, and the budget is still matched within ``tol``.
     """
-    from recsys.budget import match_flops, spec_flops
+    from recsys.budget import match_flops, spec_flops  # lazy: `import recsys.study` stays torch-free (--help)
 
     step = EMBEDDING_DIM_MULTIPLE if knob == "embedding_dim" else 1
     if knob in ("seed", "dropout"):
@@ -186,7 +187,7 @@ def build_plan(
         runs, arms, notes = build_plan("dcnv2:embedding_dim=8,mlp=64-32,cross_layers=2", schema)
         [r.name for r in runs]  # ['tts_indep', 'tts_params', 'tts_joint']
     """
-    from recsys.budget import spec_flops
+    from recsys.budget import spec_flops  # lazy: `import recsys.study` stays torch-free (--help)
 
     ms = sorted(set(int(m) for m in ms))
     if not ms or ms[0] < 1:

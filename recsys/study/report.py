@@ -87,7 +87,7 @@ def _pm(mean: float, sd: float, n: int, digits: int = 4) -> str:
 def table_markdown(rows: Sequence[Row]) -> str:
     """The results table; ± is the sample standard deviation over the n replicas, and
     "budget" is FLOPs per example relative to the base model (the M = 1 row)."""
-    from recsys.budget import human
+    from recsys.budget import human  # lazy: `import recsys.study` stays torch-free (--help)
 
     lines = [
         "| budget | arm | config | M | dense params | emb params | FLOPs/ex | latency ms | n | test AUC | test logloss |",
@@ -131,7 +131,7 @@ _STYLES = {"ensemble": ("C0", "o", "-"), "joint": ("C4", "D", "none"), "hetero":
 
 def plot_rows(rows: Sequence[Row], path: Path, title: str = "") -> None:
     """AUC vs FLOPs per example: one curve per arm kind, each anchored at the base model."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # lazy: matplotlib costs seconds; only the plot needs it
 
     base = next((r for r in rows if r.kind == "ensemble" and r.m == 1), None)
     fig = Figure(figsize=(10, 5))

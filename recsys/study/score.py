@@ -42,7 +42,7 @@ def _load_logits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
     path = run_dir / "logits_test.pt"
     if not path.is_file():
         return None
-    import torch
+    import torch  # lazy: `import recsys.study` stays torch-free (--help)
 
     d = torch.load(path, map_location="cpu")
     return d["member_logits"], d["labels"]  # [N, M], [N]
@@ -68,7 +68,7 @@ def replica_score(
         return Score(results["ensemble"]["auc"], results["ensemble"]["logloss"])
     if logits is None:
         raise LogitsMissing(f"members {rep} are no group of the run, and its logits_test.pt is missing")
-    from recsys.eval.metrics import auc_score, logloss_score
+    from recsys.eval.metrics import auc_score, logloss_score  # lazy: numpy; `import recsys.study` stays light
 
     member_logits, labels = logits
     merged = member_logits[:, rep].double().mean(dim=1)
