@@ -70,12 +70,13 @@ class TopologySpec:
 
     def capacity_bytes(self) -> tuple[int, int]:
         """(HBM, DDR) bytes per rank."""
+        # lazy: `python -m recsys.plan --help` and `import recsys.plan` stay torch-free
         from torchrec.distributed.planner import constants
 
         hbm = constants.HBM_CAP if self.hbm_gb is None else int(self.hbm_gb * GB)
         ddr = constants.DDR_CAP if self.ddr_gb is None else int(self.ddr_gb * GB)
         if self.hbm_gb is None and self.device == "cuda":
-            import torch
+            import torch  # lazy: as above
 
             if torch.cuda.is_available():
                 hbm = int(torch.cuda.get_device_properties(0).total_memory)
@@ -97,7 +98,7 @@ class TopologySpec:
 
     def topology(self) -> Topology:
         """TorchRec's ``Topology`` for the planner (torchrec is imported here: ``--help`` stays light)."""
-        from torchrec.distributed.planner import Topology
+        from torchrec.distributed.planner import Topology  # lazy: as in capacity_bytes
 
         hbm, ddr = self.capacity_bytes()
         return Topology(world_size=self.world_size, local_world_size=min(self.local_world_size, self.world_size),
@@ -245,7 +246,7 @@ def rank_memory(shards: Sequence[TableShard], topo: TopologySpec, optimizer: str
 
 def _dense_activation_floats(module: nn.Module) -> int:
     """Output features of every Linear layer (a rough per-example activation count)."""
-    from torch import nn
+    from torch import nn  # lazy: `import recsys.plan` stays torch-free
 
     return sum(m.out_features for m in module.modules() if isinstance(m, nn.Linear))
 
@@ -304,7 +305,8 @@ def plan_experiment(cfg: ExperimentConfig, world_size: int, local_world_size: in
     cannot be placed."""
     import torch  # the planner stack (torch, torchrec): only when a plan is made, not for --help
 
-    # Here, not at the top: recsys.distributed.planning imports this module's memory model.
+    # lazy: recsys.distributed.planning imports this module's memory model (a cycle at the top),
+    # and recsys.ensemble loads torchrec
     from recsys.distributed import group_schedule, make_sharder, plan_group
     from recsys.ensemble import GroupTrain, build_group
 

@@ -30,6 +30,7 @@ TEST_DAY_ROWS = 89_137_318  # half of Criteo-1TB day 23 (178,274,637 rows), Torc
 
 
 def _worker(rows: int, mode: str, result: str) -> int:
+    # lazy: only the torchrun workers load torch; their RSS baseline is taken after these imports
     import torch
     import torch.distributed as dist
 

@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -119,9 +120,7 @@ def _run(cmd: list[str], limit: float, log: Path, cwd: Path = ROOT) -> tuple[str
 
 def env_report() -> dict[str, Any]:
     """Versions and the device, as this process sees them."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import torch
+    import torch  # lazy: `--plan` runs on any machine without loading torch
 
     def ver(pkg: str) -> str:
         try:
@@ -133,6 +132,7 @@ def env_report() -> dict[str, Any]:
                          "torch_cuda": torch.version.cuda, "fbgemm_gpu": ver("fbgemm_gpu"),
                          "fbgemm_gpu_cpu": ver("fbgemm_gpu_cpu"), "torchrec": ver("torchrec")}
     try:
+        # lazy: a broken CUDA stack is reported here, not an import error of this module
         import fbgemm_gpu
         import torchrec  # noqa: F401
 
@@ -190,6 +190,7 @@ def _demo(limit: float, out: Path, rows: int, nproc: int) -> StepResult:
         detail["ensemble_auc"] = res["ensemble"]["auc"]
         detail["members_auc"] = {m["name"]: m["auc"] for m in res["members"]}
         try:
+            # lazy: inside the try, so a broken tensorboard only loses this one figure
             from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
             acc = EventAccumulator(str(results.parent), size_guidance={"scalars": 0}).Reload()
@@ -215,6 +216,7 @@ def bench_worker(models: list[str], batch_sizes: list[int], steps: int, warmup: 
 
         bench_worker(["dcnv2"], [4096], steps=10, warmup=2)   # [{"model": "dcnv2", "torchrec_eps": ...}]
     """
+    # lazy: runs in the ``--_bench-worker`` subprocess; the driver process stays light
     import torch
 
     from recsys.bench.train_step import bench_schema, make_batches, paired_steps, time_interleaved
@@ -333,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{s:6s} limit {limits[s]:4d} s")
         print(f"total  limit {total:4d} s, cut to the budget of {args.budget_s:.0f} s")
         return 0
-    import torch
+    import torch  # lazy: `--plan` and `--help` stay torch-free
 
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device here (torch.cuda.is_available() is False); nothing to check", file=sys.stderr)

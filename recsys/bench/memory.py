@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from recsys.data.schema import Schema, SparseFeature
+
 FIELDS, DIM, DENSE = 8, 64, 4
 SPEC = f"fnn:embedding_dim={DIM},mlp=32,seed=1"
 GIB = 1 << 30
@@ -50,8 +52,6 @@ def table_rows(gb: float) -> int:
 
 def write_data(out: Path, rows_per_table: int, n_rows: int = 8192, seed: int = 0) -> None:
     """A small real split triple whose meta.json declares ``rows_per_table`` ids per field."""
-    from recsys.data.schema import Schema, SparseFeature
-
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     splits = {"train": n_rows, "val": n_rows // 4, "test": n_rows // 4}
@@ -68,13 +68,18 @@ def write_data(out: Path, rows_per_table: int, n_rows: int = 8192, seed: int = 0
 
 def _worker(args: argparse.Namespace) -> int:
     """One rank: build, shard, train ``--steps`` steps, report peak RSS (rank 0 writes all ranks')."""
+    # lazy: only the torchrun workers load torch and the model stack; the launcher stays light
     import torch
     import torch.distributed as dist
 
     from recsys.data.loader import make_loader
-    from recsys.distributed import EmbeddingOptimizerConfig, ShardingConfig, init_distributed, make_optimizer
-    from recsys.distributed import shard_module
-    from recsys.data.schema import Schema
+    from recsys.distributed import (
+        EmbeddingOptimizerConfig,
+        ShardingConfig,
+        init_distributed,
+        make_optimizer,
+        shard_module,
+    )
     from recsys.ensemble import GroupTrain, build_group
 
     torch.set_num_threads(1)
@@ -132,7 +137,7 @@ class PeakSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from recsys.bench.preprocess import tree_pids
+        from recsys.bench.preprocess import tree_pids  # lazy: pyarrow, only for the --big run
 
         while not self._stop.is_set():
             for pid in tree_pids(self.root):
@@ -149,7 +154,7 @@ class PeakSampler:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
 

@@ -50,6 +50,7 @@ def _config(tmp: Path, data: Path, spec: str, m: int, groups: str, steps: int, b
 
 
 def _scalars(run_dir: Path) -> dict[str, list[float]]:
+    # lazy: tensorboard only after the training subprocesses have run
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out: dict[str, list[float]] = {}
