@@ -13,7 +13,7 @@ from recsys.bench import quantize as bench
 from recsys.ensemble import EnsembleGroup, merge_logits
 from recsys.models.member import Member
 from recsys.models.registry import build_member
-from recsys.serve.quantize import QUANT_DTYPES, QuantizeError, check_kernels, quantize_member, table_bytes
+from recsys.serve.quantize import QUANT_DTYPES, QuantizeError, check_kernels, dense_bytes, quantize_member, table_bytes
 from tests.dist_harness import run_ranks
 from tests.test_evaluate import SPECS, _save_checkpoints, _write_split
 from tests.toy_data import toy_batches, toy_schema
@@ -81,6 +81,8 @@ def test_table_bytes_drop_about_four_times(members: tuple[Member, Member, Batch]
     # int8 codes + fp16 scale and bias per row; FBGEMM pads each table to at most 64 bytes
     assert rows * (D + 4) <= qbytes <= rows * (D + 4) + 64 * tables
     assert 3.5 < table_bytes(fnn) / qbytes < 4.0  # 4 D / (D + 4) = 3.76 at D = 64
+    dense = sum(p.numel() * 4 for n, p in fnn.named_parameters() if "embedding_bag" not in n)
+    assert dense_bytes(fnn) == dense_bytes(quantize_member(fnn)) == dense > 0  # the dense part stays float32
 
 
 def test_unsupported_dtype_is_one_line() -> None:

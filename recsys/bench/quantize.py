@@ -8,8 +8,9 @@ members, ``sigmoid(mean logit)``) it reports:
 
 - AUC and logloss of the float32 and the quantized (``recsys.serve.quantize``) member on the
   split, scored exactly as ``python -m recsys.eval`` scores (``evaluate_split`` + ``score``);
-- embedding-table bytes before and after, counted from the tensors (``table_bytes``), and
-  their ratio;
+- embedding-table bytes before and after, counted from the tensors (``table_bytes``), their
+  ratio, and the ratio of the whole model's weights (tables plus the float32 dense part,
+  ``dense_bytes``);
 - forward latency of one batch, float and quantized timed interleaved in the same process
   (alternating which goes first), as the median over ``--repeats`` and the ratio.
 
@@ -88,6 +89,7 @@ class Row:
     quant_metrics: Metrics
     float_bytes: int
     quant_bytes: int
+    dense_bytes: int
     float_ms: float
     quant_ms: float
 
@@ -121,15 +123,16 @@ def markdown_table(rows: Sequence[Row], dtype: str) -> str:
     """The result table, one line per member and one for the ensemble (bytes and time: sums)."""
     lines = [
         f"| model | AUC fp32 | AUC {dtype} | ΔAUC | logloss fp32 | logloss {dtype} | Δlogloss "
-        f"| tables fp32 | tables {dtype} | bytes ratio | ms fp32 | ms {dtype} | time ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| tables fp32 | tables {dtype} | tables ratio | whole model ratio | ms fp32 | ms {dtype} | time ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         f, q = r.float_metrics, r.quant_metrics
         lines.append(
-            f"| {r.name} | {f.auc:.5f} | {q.auc:.5f} | {q.auc - f.auc:+.5f} | {f.logloss:.5f} | {q.logloss:.5f} "
-            f"| {q.logloss - f.logloss:+.5f} | {_fmt_bytes(r.float_bytes)} | {_fmt_bytes(r.quant_bytes)} "
-            f"| {r.float_bytes / r.quant_bytes:.2f}x | {r.float_ms:.2f} | {r.quant_ms:.2f} "
+            f"| {r.name} | {f.auc:.5f} | {q.auc:.5f} | {q.auc - f.auc:+.6f} | {f.logloss:.5f} | {q.logloss:.5f} "
+            f"| {q.logloss - f.logloss:+.6f} | {_fmt_bytes(r.float_bytes)} | {_fmt_bytes(r.quant_bytes)} "
+            f"| {r.float_bytes / r.quant_bytes:.2f}x "
+            f"| {(r.float_bytes + r.dense_bytes) / (r.quant_bytes + r.dense_bytes):.2f}x | {r.float_ms:.2f} | {r.quant_ms:.2f} "
             f"| {r.quant_ms / r.float_ms:.2f}x |"
         )
     return "\n".join(lines)
@@ -169,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     from recsys.ensemble import merge_logits
     from recsys.eval.report import score
     from recsys.models.member import Member
-    from recsys.serve.quantize import check_kernels, quantize_member, table_bytes
+    from recsys.serve.quantize import check_kernels, dense_bytes, quantize_member, table_bytes
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, list(args.set) + ["device=cpu"])
@@ -198,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
         for j, name in enumerate(names):
             f, q = by_index[j]
             f_ms, q_ms = interleaved_ms([partial(f, dense, kjt), partial(q, dense, kjt)], args.repeats)
-            rows.append(Row(name, rep_f.members[j], rep_q.members[j], table_bytes(f), table_bytes(q), f_ms, q_ms))
+            rows.append(Row(name, rep_f.members[j], rep_q.members[j], table_bytes(f), table_bytes(q),
+                            dense_bytes(f), f_ms, q_ms))
         ordered = [by_index[j] for j in range(len(names))]
 
         def ensemble(variant: int) -> torch.Tensor:
@@ -206,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
 
         f_ms, q_ms = interleaved_ms([lambda: ensemble(0), lambda: ensemble(1)], args.repeats)
     rows.append(Row(f"ensemble (M={len(names)})", rep_f.ensemble, rep_q.ensemble,
-                    sum(r.float_bytes for r in rows), sum(r.quant_bytes for r in rows), f_ms, q_ms))
+                    sum(r.float_bytes for r in rows), sum(r.quant_bytes for r in rows),
+                    sum(r.dense_bytes for r in rows), f_ms, q_ms))
     table = markdown_table(rows, args.dtype)
     note = (f"{args.split} split, {rep_f.num_rows} rows; latency: median of {args.repeats} forwards of "
             f"{dense.shape[0]} rows, {args.threads} thread(s), fp32 and {args.dtype} interleaved")

@@ -34,7 +34,7 @@ from recsys.errors import UserError
 if TYPE_CHECKING:
     from recsys.models.member import Member
 
-__all__ = ["QUANT_DTYPES", "QuantizeError", "check_kernels", "quantize_member", "table_bytes"]
+__all__ = ["QUANT_DTYPES", "QuantizeError", "check_kernels", "dense_bytes", "quantize_member", "table_bytes"]
 
 QUANT_DTYPES: dict[str, torch.dtype] = {"int8": torch.int8, "int4": torch.quint4x2, "fp16": torch.float16}
 """Table dtypes offered (name -> the torch dtype TorchRec's ``QuantConfig`` takes)."""
@@ -113,6 +113,27 @@ def quantize_member(member: Member, dtype: str = "int8", row_alignment: int | No
     qmember = copy.deepcopy(member).eval()
     _quantize_ebcs(qmember, weight_dtype, row_alignment)
     return qmember
+
+
+def _embedding_modules() -> tuple[type[nn.Module], ...]:
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+    from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbeddingBagCollection
+
+    return (EmbeddingBagCollection, QuantEmbeddingBagCollection)
+
+
+def dense_bytes(module: nn.Module) -> int:
+    """Bytes of every parameter and buffer of ``module`` outside its embedding collections (the
+    part quantization leaves in float32); with ``table_bytes``, the member's whole weight.
+
+    Example::
+
+        dense_bytes(member) == dense_bytes(quantize_member(member))    # True
+    """
+    ebcs = _embedding_modules()
+    inside = {id(t) for m in module.modules() if isinstance(m, ebcs) for t in (*m.parameters(), *m.buffers())}
+    tensors = {id(t): t for t in (*module.parameters(), *module.buffers()) if id(t) not in inside}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def table_bytes(module: nn.Module) -> int:
