@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from recsys.checkpoint.group import GroupCheckpointer, Optimizer, init_lazy_optimizer_state
 from recsys.checkpoint.manifest import HASHED_MAX_BYTES, MANIFEST, CheckpointCorrupt, verify_checkpoint, write_manifest
-from recsys.checkpoint.state import TrainState, rng_state, set_rng_state
+from recsys.checkpoint.state import RngState, TrainState, rng_state, set_rng_state
 from recsys.checkpoint.trained import CheckpointMissing, load_trained_group
 
 __all__ = [
     "HASHED_MAX_BYTES", "MANIFEST", "CheckpointCorrupt", "CheckpointMissing", "GroupCheckpointer", "Optimizer",
-    "TrainState", "init_lazy_optimizer_state", "load_trained_group", "rng_state", "set_rng_state",
+    "RngState", "TrainState", "init_lazy_optimizer_state", "load_trained_group", "rng_state", "set_rng_state",
     "verify_checkpoint", "write_manifest",
 ]

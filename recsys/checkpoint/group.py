@@ -65,7 +65,7 @@ def init_lazy_optimizer_state(optimizer: Optimizer) -> None:
     dummy step of ``init_state()`` may move parameters (weight decay); the model is
     loaded afterwards, so that does not matter.
     """
-    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer
+    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer  # lazy: checkpoint loads no torchrec
 
     parts = optimizer.optimizers if isinstance(optimizer, CombinedOptimizer) else [("", optimizer)]
     for _, opt in parts:

@@ -13,7 +13,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Required, TypedDict
 
 import numpy as np
 import torch
@@ -44,14 +44,24 @@ class TrainState:
         return cls(**d)
 
 
-def rng_state() -> dict[str, Any]:
-    out: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+class RngState(TypedDict, total=False):
+    """One rank's RNG states, as ``rng_state`` takes them: torch's CPU generator (a uint8 tensor),
+    numpy's legacy global generator (``np.random.get_state()``) and, where CUDA is available,
+    every CUDA device's generator."""
+
+    torch: Required[torch.Tensor]
+    numpy: Required[dict[str, Any] | tuple[str, np.ndarray, int, int, float]]  # numpy's own type
+    cuda: list[torch.Tensor]
+
+
+def rng_state() -> RngState:
+    out: RngState = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
     if torch.cuda.is_available():
         out["cuda"] = torch.cuda.get_rng_state_all()
     return out
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: RngState) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():

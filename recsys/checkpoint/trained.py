@@ -37,6 +37,7 @@ def load_trained_group(
 
         group, step = load_trained_group(load_config("configs/demo.toml"), 0, "checkpoints/demo")
     """
+    # lazy: the models load torchrec (~2 s); `import recsys.checkpoint` (manifests, state) needs only torch
     from recsys.ensemble import GroupTrain, build_group
     from recsys.models.embedding_init import materialize_embeddings
 

@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from recsys.config.schema import (
     DEVICES,
@@ -31,11 +30,11 @@ from recsys.data.errors import LoaderError
 from recsys.data.schema import Schema, SchemaError
 
 
-def check_members(members: Any, source: str) -> list[str]:
+def check_members(members: object, source: str) -> list[str]:
     """A non-empty list of spec strings, each naming a registered model with valid keys."""
     if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
         raise ConfigError(f"{source}: 'members' must be a non-empty list of spec strings, got {members!r}")
-    from recsys.models.registry import MODELS  # the model zoo (torch): only when specs are checked
+    from recsys.models.registry import MODELS  # lazy: the model zoo loads torch; config stays light
     from recsys.models.spec import SpecError, parse_spec
 
     configs = {k: v.config for k, v in MODELS.items()}
@@ -47,13 +46,13 @@ def check_members(members: Any, source: str) -> list[str]:
     return list(members)
 
 
-def check_groups(groups_raw: Any, num_members: int, source: str) -> list[list[int]]:
+def check_groups(groups_raw: object, num_members: int, source: str) -> list[list[int]]:
     """``groups`` partitions the members (absent or empty: one group per member)."""
     if groups_raw is not None and (
         not isinstance(groups_raw, list) or not all(isinstance(g, list) for g in groups_raw)
     ):
         raise ConfigError(f"{source}: 'groups' must be a list of lists of member indices, got {groups_raw!r}")
-    from recsys.ensemble import validate_groups  # torch: only when groups are checked
+    from recsys.ensemble import validate_groups  # lazy: torch, only when groups are checked
 
     try:
         groups = validate_groups(num_members, groups_raw if groups_raw else None)
@@ -110,7 +109,7 @@ def check_device(cfg: ExperimentConfig) -> None:
     """``device = "cuda"`` needs CUDA here (torch is imported only for that case)."""
     if cfg.device != "cuda":
         return
-    import torch
+    import torch  # lazy: `import recsys.config` loads no torch
 
     if not torch.cuda.is_available():
         raise ConfigError(

@@ -201,7 +201,7 @@ class TorchRecCriteoSection:
 
     def open(self, data_dir: str | Path) -> TorchRecCriteo:
         """-> ``recsys.data.torchrec_layout.TorchRecCriteo`` (checks every day file's shape)."""
-        from recsys.data.torchrec_layout import open_torchrec_criteo  # numpy + torchrec: only when data is read
+        from recsys.data.torchrec_layout import open_torchrec_criteo  # lazy: numpy + torchrec, only when data is read
 
         d = self.days()
         return open_torchrec_criteo(
@@ -240,7 +240,7 @@ class ExperimentConfig:
 
     @property
     def member_names(self) -> list[str]:
-        from recsys.ensemble import member_names  # torch: only when members are named
+        from recsys.ensemble import member_names  # lazy: torch, only when members are named
 
         return member_names(self.members)
 

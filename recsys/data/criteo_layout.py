@@ -65,7 +65,7 @@ def has_day_files(data_dir: Path) -> bool:
     return day_file(data_dir, 0, "sparse").exists()
 
 
-def parse_day(d: Any) -> tuple[int, float, float]:
+def parse_day(d: object) -> tuple[int, float, float]:
     """``23`` or ``(23, lo, hi)`` with ``0 <= lo < hi <= 1`` -> ``(day, lo, hi)``; else ``LoaderError``."""
     if isinstance(d, numbers.Integral) and not isinstance(d, bool):
         return int(d), 0.0, 1.0

@@ -71,7 +71,7 @@ def logloss_score(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
         logloss_score(torch.tensor([0.0]), torch.tensor([1.0]))   # log 2 = 0.693...
     """
-    from torch.nn.functional import binary_cross_entropy_with_logits  # torch only when tensors come in
+    from torch.nn.functional import binary_cross_entropy_with_logits  # lazy: this module is numpy-only
 
     return float(
         binary_cross_entropy_with_logits(

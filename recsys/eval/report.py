@@ -152,7 +152,7 @@ def curve_figure(report: EnsembleReport) -> Figure:
         curve_figure(report).savefig("auc_vs_m.png")
         writer.add_figure("test/auc_vs_m_plot", curve_figure(report), 0)
     """
-    from matplotlib.figure import Figure  # matplotlib only where a plot is drawn
+    from matplotlib.figure import Figure  # lazy: matplotlib takes seconds; training imports score
 
     ms = list(range(1, len(report.curve) + 1))
     fig = Figure(figsize=(6, 4), dpi=100)
