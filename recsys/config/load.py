@@ -50,7 +50,7 @@ def apply_override(raw: dict[str, Any], item: str, src: str) -> None:
     node[parts[-1]] = parsed
 
 
-def check_type(value: Any, tp: Any, where: str) -> Any:
+def check_type(value: Any, tp: object, where: str) -> Any:
     """``value`` checked against the field type ``tp``; ints become floats where a float belongs.
 
     ``X | None`` is checked as ``X`` (TOML has no null, so a value is always given); int, float,
@@ -77,7 +77,7 @@ def check_type(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _build_section(cls: type[S], raw: Any, where: str) -> S:
+def _build_section(cls: type[S], raw: object, where: str) -> S:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table [{where.rsplit(' ', 1)[-1]}]")
     hints = typing.get_type_hints(cls)
@@ -90,7 +90,7 @@ def _build_section(cls: type[S], raw: Any, where: str) -> S:
     return cls(**kwargs)
 
 
-def _build_torchrec_criteo(raw: Any, where: str) -> TorchRecCriteoSection:
+def _build_torchrec_criteo(raw: object, where: str) -> TorchRecCriteoSection:
     """Type checks ``[torchrec_criteo]``; the day files are checked by ``checks.check_torchrec_data``."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table [torchrec_criteo]")

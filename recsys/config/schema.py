@@ -260,9 +260,9 @@ class ExperimentConfig:
             return Schema.load(self.data_dir)
         return self.torchrec_criteo.open(self.data_dir).schema
 
-    def hparams(self) -> dict[str, Any]:
+    def hparams(self) -> dict[str, str | int | float | bool]:
         """Flat scalar/str dict for TensorBoard's hparams plugin."""
-        out: dict[str, Any] = {
+        out: dict[str, str | int | float | bool] = {
             "name": self.name,
             "data_dir": self.data_dir,
             "members": ";".join(self.members),
