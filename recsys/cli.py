@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Callable
 
 from recsys.errors import UserError, one_line
@@ -63,3 +64,19 @@ def parser_with_examples(prog: str, description: str, examples: str | None) -> a
     """
     return argparse.ArgumentParser(prog=prog, description=description, epilog=examples,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def warn_moved(old: str, new: str, module_name: str) -> None:
+    """One ``DeprecationWarning`` when a deprecated module path is imported (not when it runs as
+    a command: the command prints its own deprecation line).
+
+    Why: the split of issue 13 keeps the old import paths for one release; a warning is the
+    message an importer sees, pointing at the new path.
+
+    Example::
+
+        warn_moved("recsys.evaluate", "recsys.eval", __name__)     # at the top of the shim
+    """
+    if module_name != "__main__":
+        warnings.warn(f"{old} is deprecated and will be removed; import from {new}", DeprecationWarning,
+                      stacklevel=3)

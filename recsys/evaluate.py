@@ -8,6 +8,10 @@ Example::
 """
 from __future__ import annotations
 
+from recsys.cli import warn_moved
+
+warn_moved("recsys.evaluate", "recsys.eval", __name__)
+
 import sys
 
 from recsys.eval.cli import main

@@ -7,6 +7,10 @@ Example::
 """
 from __future__ import annotations
 
+from recsys.cli import warn_moved
+
+warn_moved("recsys.serve_request", "recsys.serve.request", __name__)
+
 from recsys.serve.request import (DEFAULT_MAX_ABS_DENSE, DEFAULT_MAX_BATCH_ROWS, RequestError, RequestSpec, ServeError,
                                   validate_request)
 

@@ -416,7 +416,7 @@ def _body_eval(rank: int, world: int, device: str) -> dict[str, Any]:
     from recsys.data.loader import rank_row_range
     from recsys.distributed import EmbeddingOptimizerConfig, ShardingConfig, init_distributed, shard_module
     from recsys.ensemble import GroupTrain, build_group, member_names
-    from recsys.evaluate import evaluate_batches
+    from recsys.eval.runner import evaluate_batches
     from tests.toy_data import toy_arrays, toy_schema
 
     env = init_distributed(device)

@@ -9,7 +9,7 @@ written was lost.
   run is touched; a fresh run sets the previous one aside until its own first checkpoint;
 - a damaged latest checkpoint (each file kind) makes ``--resume`` fall back to the newest
   intact one and say so; the resumed run ends exactly where an uninterrupted run does;
-- ``recsys.evaluate`` on a damaged checkpoint: one line naming the file.
+- ``recsys.eval`` on a damaged checkpoint: one line naming the file.
 """
 from __future__ import annotations
 
@@ -229,7 +229,7 @@ def test_evaluate_on_a_damaged_checkpoint_names_the_file(trained: Path, tmp_path
     f = ckpt / "group0" / victim if victim == "best.json" else d / victim
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     before = snapshot(ckpt)
-    rc, err = run_cli(["-m", "recsys.evaluate", "--config", str(cfg), "--checkpoint", str(ckpt)])
+    rc, err = run_cli(["-m", "recsys.eval", "--config", str(cfg), "--checkpoint", str(ckpt)])
     assert rc == 2, err
     line = one_line_error(err)
     assert str(f) in line, line

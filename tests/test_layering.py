@@ -92,3 +92,31 @@ def test_the_checker_sees_a_violation(tmp_path):
     f = tmp_path / "x.py"
     f.write_text("def f():\n    from recsys.train.loop import GroupTrainer\n")
     assert (2, "recsys.train.loop") in _imports(f) and _package("recsys.train.loop") in FORBIDDEN["recsys.models"]
+
+
+def test_every_shim_warns_on_import_and_new_paths_do_not():
+    """Each deprecated path says where its names went (one DeprecationWarning on import); the
+    new packages import without any.  Run in a fresh interpreter so no module is cached."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, warnings, json, sys\n"
+        "out = {}\n"
+        f"for name in {sorted(SHIMS)!r} + ['recsys.eval.cli', 'recsys.study', 'recsys.data.convert', 'recsys.modules']:\n"
+        "    with warnings.catch_warnings(record=True) as w:\n"
+        "        warnings.simplefilter('always')\n"
+        "        importlib.import_module(name)\n"
+        "    out[name] = [str(x.message) for x in w if issubclass(x.category, DeprecationWarning)\n"
+        "                 and 'recsys' in str(x.message)]\n"
+        "print(json.dumps(out))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    for name in SHIMS:
+        assert any(name in m and "deprecated" in m for m in seen[name]), (name, seen[name])
+    for name in ("recsys.eval.cli", "recsys.study", "recsys.data.convert", "recsys.modules"):
+        assert seen[name] == [], (name, seen[name])

@@ -16,7 +16,7 @@ import torch
 from recsys import study as tts
 from recsys.budget import spec_flops
 from recsys.config import config_from_dict
-from recsys.evaluate import auc_score, logloss_score
+from recsys.eval.metrics import auc_score, logloss_score
 from tests.toy_data import toy_schema
 
 BASE = "dcnv2:embedding_dim=4,mlp=16-8,cross_layers=2"

@@ -9,6 +9,10 @@ Example::
 """
 from __future__ import annotations
 
+from recsys.cli import warn_moved
+
+warn_moved("recsys.bench.tts_vs_params", "recsys.study", __name__)
+
 import sys
 from typing import Sequence
 

@@ -7,6 +7,10 @@ Example::
 """
 from __future__ import annotations
 
+from recsys.cli import warn_moved
+
+warn_moved("recsys.data.fast_parse", "recsys.data.convert.kernels", __name__)
+
 from recsys.data.convert.kernels import (
     BAD_COLUMNS,
     BAD_CR,

@@ -10,6 +10,10 @@ Example::
 """
 from __future__ import annotations
 
+from recsys.cli import warn_moved
+
+warn_moved("recsys.data.preprocess", "recsys.data.convert", __name__)
+
 from recsys.data.convert.badrows import BadRowLog
 from recsys.data.convert.chunks import Task, check_inputs, make_tasks, read_task_bytes
 from recsys.data.convert.cli import Terminated, build_parser, main

@@ -7,6 +7,10 @@ Example::
 """
 from __future__ import annotations
 
+from recsys.cli import warn_moved
+
+warn_moved("recsys.data.raw_formats", "recsys.data.convert.formats", __name__)
+
 from recsys.data.convert.formats import (
     AVAZU,
     CRITEO,

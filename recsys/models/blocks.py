@@ -15,6 +15,10 @@ Example::
 """
 from __future__ import annotations
 
+from recsys.cli import warn_moved
+
+warn_moved("recsys.models.blocks", "recsys.modules and recsys.models.embedding_init", __name__)
+
 from recsys.models.embedding_init import make_ebc, materialize_embeddings, table_inits, table_name
 from recsys.models.member import member_arches, num_tokens
 from recsys.modules.arches import DenseArch, OverArch, SparseArch
