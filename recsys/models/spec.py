@@ -82,7 +82,7 @@ def _coerce(value: str, tp: Any, model: str, key: str) -> Any:
     raise SpecError(f"{model}: key {key} has unsupported type {tp}")
 
 
-def _type_name(tp: Any) -> str:
+def _type_name(tp: object) -> str:
     if typing.get_origin(tp) is tuple:
         return "ints joined by '-', e.g. 512-256"
     return getattr(tp, "__name__", str(tp))
