@@ -39,7 +39,7 @@ esac
 # torchrec's runtime deps (its metadata would also pull fbgemm-gpu, so we list them).
 TORCHREC_DEPS=(tensordict "torchmetrics==1.0.3" pyre-extensions tqdm iopath)
 # Our own deps (keep in sync with pyproject.toml [project.dependencies]).
-OWN_DEPS=("numpy<2.4" "pyarrow==26.0.1" "torchx==0.7.0" "torchdata==0.11.0" tensorboard matplotlib pytest pytest-timeout "mypy==2.4.1")
+OWN_DEPS=("numpy<2.4" "pyarrow==26.0.1" "torchx==0.7.0" "torchdata==0.11.0" tensorboard matplotlib pytest pytest-timeout "mypy==2.4.1" "ray[serve]==2.60.0")
 
 STAMP="$VENV/.recsys-setup-$DEVICE"
 WANT="$TORCH $FBGEMM $TORCHREC ${TORCHREC_DEPS[*]} ${OWN_DEPS[*]}"

@@ -1,6 +1,7 @@
 """``python -m recsys.serve``: request latency of a trained ensemble on rows of a split, members
 fanned out to one process each against all members in one process, and a check that both
-give the same answers.
+give the same answers (``--engine inprocess``, the default); or, with ``--engine ray``, the
+ensemble as a Ray Serve application over HTTP (``recsys.serve.ray_cli``).
 
 Why here and only here: the command line is the one place that reads the machine (its CPU
 count, for the sweep table's heading) and turns a user error into one line and exit status 2
@@ -9,6 +10,7 @@ count, for the sweep table's heading) and turns a user error into one line and e
 Example::
 
     python -m recsys.serve --config configs/demo.toml --checkpoint checkpoints/demo --sweep
+    python -m recsys.serve --engine ray --config configs/demo.toml --checkpoint checkpoints/demo --port 8000
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from recsys.cli import run_main
 from recsys.config import load_config
 from recsys.data.loader import open_split
 from recsys.serve.latency import percentiles, sweep_table, time_requests
+from recsys.serve.ray_cli import RAY_EXAMPLES, add_ray_arguments, run_ray
 from recsys.serve.request import DEFAULT_MAX_ABS_DENSE, DEFAULT_MAX_BATCH_ROWS, ServeError
 from recsys.serve.server import DEFAULT_MAX_RESTARTS, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TIMEOUT_S, EnsembleServer
 
@@ -34,8 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The command's arguments, with the examples ``--help`` prints."""
     p = argparse.ArgumentParser(
         prog="python -m recsys.serve",
-        description="Serve a trained ensemble on rows of a split: request latency with members fanned out to one "
-                    "process each, against all members in one process, and a check that both give the same answers.",
+        description="Serve a trained ensemble. --engine inprocess (the default): request latency on rows of a split "
+                    "with members fanned out to one process each, against all members in one process, and a check "
+                    "that both give the same answers. --engine ray: the ensemble as a Ray Serve application over "
+                    "HTTP, one deployment per member, merged before a deadline (docs/serving.md).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  python -m recsys.serve --config configs/demo.toml --checkpoint checkpoints/demo\n"
@@ -43,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                "--requests 500 --mode fanout\n"
                "  python -m recsys.serve --config configs/demo.toml --checkpoint checkpoints/demo --sweep\n"
                "  python -m recsys.serve --config configs/demo.toml --checkpoint checkpoints/demo --mode fanout "
-               "--timeout-s 5 --max-batch-rows 4096",
+               "--timeout-s 5 --max-batch-rows 4096\n" + RAY_EXAMPLES,
     )
+    p.add_argument("--engine", choices=["inprocess", "ray"], default="inprocess",
+                   help="inprocess: latency of this machine's processes on a split (default); ray: serve over HTTP")
     p.add_argument("--config", required=True, help="the experiment TOML the ensemble was trained with")
     p.add_argument("--checkpoint", required=True, help="its checkpoint directory (group0/, group1/, ...)")
     p.add_argument("--split", default="test", help="rows to send as requests")
@@ -68,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most rows one request may carry; larger ones are refused (default %(default)s)")
     p.add_argument("--max-abs-dense", type=float, default=DEFAULT_MAX_ABS_DENSE,
                    help="largest |dense value| accepted in a request (default %(default)g)")
+    add_ray_arguments(p)
     return p
 
 
@@ -116,4 +124,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command; a user error (``ServeError``, ``CheckpointMissing``, ``ConfigError``,
     ``LoaderError``, ...) is one ``error: ...`` line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
+    if args.engine == "ray":
+        return run_main("", lambda: run_ray(args))
     return run_main("", lambda: _run(args, os.cpu_count()))
