@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch.distributed as dist
 
+from recsys.tb import RunLogger
 from recsys.train.build import build_group_parts
 from recsys.train.callbacks import default_callbacks
 from recsys.train.loop import GroupTrainer
@@ -43,8 +44,6 @@ def train(
     (``recsys.train.callbacks.default_callbacks``).
     Returns the report as a dict on rank 0 (``None`` on the other ranks).
     """
-    from recsys.tb import RunLogger  # lazy: TensorBoard costs ~0.5 s and train_group.py --help imports this module
-
     resume = prepare_run_dirs(cfg, env, resume)
     groups, parallel = plan_groups(cfg, env, sequential)
     names = cfg.member_names
