@@ -56,7 +56,7 @@ def check_layer_sizes(**layers: tuple[int, ...]) -> None:
             raise ValueError(f"{key} sizes must be positive, got {sizes}")
 
 
-def _coerce(value: str, tp: Any, model: str, key: str) -> Any:
+def _coerce(value: str, tp: object, model: str, key: str) -> Any:
     origin = typing.get_origin(tp)
     try:
         if tp is bool:
