@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -103,6 +104,71 @@ def app(cluster: str, trained) -> Iterator[str]:  # type: ignore[no-untyped-def]
         yield start_app(opts, port=_free_port(), address=cluster)
     finally:
         ray.shutdown()  # the cluster fixture stops the head, and Serve with it
+
+
+@pytest.fixture(scope="module")
+def raw_app(app: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path, np.ndarray]:
+    """Raw Criteo rows converted with their vocabulary, a 2-member ensemble checkpointed on
+    them, and its application under ``/raw`` beside ``app``: ``(url, config, test.tsv, offline
+    member logits of the converted test split [N, 2])``."""
+    import torch
+
+    from recsys.checkpoint import GroupCheckpointer, TrainState
+    from recsys.config import load_config
+    from recsys.data.convert import ConvertConfig, convert
+    from recsys.data.synth import write_criteo
+    from recsys.ensemble import GroupTrain, build_group, member_names
+    from recsys.serve.members import forward_members, load_trained_members
+
+    tmp = tmp_path_factory.mktemp("raw_serve")
+    train, test = tmp / "train.tsv", tmp / "test.tsv"
+    write_criteo(train, 600, seed=1)
+    write_criteo(test, 40, seed=2)
+    schema = convert(ConvertConfig(dataset="criteo", output=str(tmp / "data"), progress=False,
+                                   split_files={"train": [str(train)], "val": [str(test)], "test": [str(test)]}),
+                     log=lambda s: None)
+    specs = ["fnn:mlp=4,embedding_dim=4,seed=1", "fnn:mlp=4,embedding_dim=4,seed=2"]
+    model = GroupTrain(build_group(specs, member_names(specs), [0, 1], schema))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    GroupCheckpointer(tmp / "ckpt" / "group0", None, group_rank=0).save(
+        1, model, torch.optim.Adam(model.parameters()), TrainState(step=1, best_auc=0.5, best_step=1), {}, is_best=True)
+    cfg = tmp / "c.toml"
+    cfg.write_text(f'name = "raw"\ndata_dir = "{tmp / "data"}"\nmembers = {specs!r}\ngroups = [[0, 1]]\n'
+                   .replace("'", '"'))
+    c = load_config(cfg)
+    logits = forward_members(load_trained_members(c, [0, 1], tmp / "ckpt"),
+                             np.load(tmp / "data" / "test_dense.npy"),
+                             np.load(tmp / "data" / "test_sparse.npy").astype(np.int64), schema.sparse_names)
+    url = start_app(RayServeOptions(str(cfg), str(tmp / "ckpt"), merge=MergeOptions(deadline_s=20.0)),
+                    port=urlsplit(app).port or 8000, name="raw", route_prefix="/raw")
+    return url, cfg, test, logits
+
+
+def test_raw_criteo_lines_over_http_equal_offline_evaluation(raw_app) -> None:  # type: ignore[no-untyped-def]
+    """Raw lines (as in the log files) and raw rows (field: value) through the saved vocabulary
+    give the probabilities of the converted test split, offline."""
+    url, _, test, logits = raw_app
+    lines = test.read_text().splitlines()
+    got = requests.post(url, json={"lines": lines, "member_logits": True}, timeout=60).json()
+    assert got.get("members_used") == 2, got
+    np.testing.assert_allclose(np.array([got["member_logits"][n] for n in got["members"]]).T, logits,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["probability"], _sigmoid_mean(logits), rtol=1e-5)
+    names = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+    rows = [dict(zip(names[1:], line.split("\t")[1:])) for line in lines[:5]]
+    got = requests.post(url, json={"rows": rows}, timeout=60).json()
+    np.testing.assert_allclose(got["probability"], _sigmoid_mean(logits[:5]), rtol=1e-5)
+    unlabeled = [line.split("\t", 1)[1] for line in lines[:3]]
+    got = requests.post(url, json={"lines": unlabeled, "labeled": False}, timeout=60).json()
+    np.testing.assert_allclose(got["probability"], _sigmoid_mean(logits[:3]), rtol=1e-5)
+    # a malformed raw row: 400 naming the row and the field
+    bad = lines[:2] + [lines[2].replace("\t", "\tabc\t", 1).rsplit("\t", 1)[0]]
+    r = requests.post(url, json={"lines": bad}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"].startswith("lines: row 2"), r.text
+    r = requests.post(url, json={"rows": [{"I1": 1}]}, timeout=60)
+    assert r.status_code == 400 and "row 0: missing field" in r.json()["error"], r.text
 
 
 def test_cli_ray_engine_refuses_bad_options_in_one_line(trained, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]

@@ -171,13 +171,16 @@ def app_builder(args: dict[str, Any]) -> Application:
 
 
 def start_app(opts: RayServeOptions, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
-              num_cpus: int | None = None, request_timeout_s: float = 30.0) -> str:
+              num_cpus: int | None = None, request_timeout_s: float = 30.0, name: str = APP_NAME,
+              route_prefix: str = "/") -> str:
     """Starts (or reaches) Ray, Serve's HTTP proxy on ``host:port``, and the application;
     returns once every replica is up, with the URL to POST requests to.
 
     ``address``: a running Ray cluster (``"auto"``, ``"HOST:6379"``); None starts a local Ray
     with ``num_cpus``.  ``request_timeout_s``: the proxy's own limit per request, a backstop
-    behind the ingress's deadline.
+    behind the ingress's deadline.  ``name`` / ``route_prefix``: the application's, so that
+    several ensembles share one Serve (each under its own prefix); where Serve already runs,
+    its proxy (host, port) stays as it is.
     """
     if not ray.is_initialized():
         if address is None:
@@ -185,5 +188,5 @@ def start_app(opts: RayServeOptions, *, host: str = "127.0.0.1", port: int = 800
         else:
             ray.init(address=address)
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s})
-    serve.run(build_app(opts), name=APP_NAME, route_prefix="/")
-    return f"http://{host}:{port}/"
+    serve.run(build_app(opts), name=name, route_prefix=route_prefix)
+    return f"http://{host}:{port}{route_prefix}"
