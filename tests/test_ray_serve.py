@@ -282,3 +282,22 @@ def test_each_bad_request_gets_its_one_line_error(app: str, body: Any, status: i
     assert r.status_code == status, r.text
     line = r.json()["error"]
     assert "\n" not in line and re.search(match, line), line
+
+
+def test_serve_config_file_args_become_the_options() -> None:
+    """configs/serve_demo.yaml's ``args`` (``serve run``'s ``app_builder``) read as the CLI's
+    options; an unknown key is one line."""
+    import yaml
+
+    from recsys.serve.request import ServeError
+
+    doc = yaml.safe_load((ROOT / "configs" / "serve_demo.yaml").read_text())
+    app_doc = doc["applications"][0]
+    assert app_doc["import_path"] == "recsys.serve.ray_app:app_builder"
+    opts = RayServeOptions.from_args(app_doc["args"])
+    assert (opts.config, opts.checkpoint, opts.num_cpus, opts.replicas) == ("configs/demo.toml", "checkpoints/demo",
+                                                                            0.25, 1)
+    assert opts.merge == MergeOptions(deadline_s=1.0, min_members=1)
+    assert opts.batching == BatchOptions(max_batch_size=16, batch_wait_timeout_s=0.002)
+    with pytest.raises(ServeError, match="unknown serve argument 'deadline'"):
+        RayServeOptions.from_args({**app_doc["args"], "deadline": 5})

@@ -53,7 +53,7 @@ __all__ = ["Point", "auc_curve", "latency_figure", "main", "points_markdown", "p
 class Point:
     """One measured (or projected) configuration: latencies in ms, throughput in requests/s."""
 
-    engine: str  # ray | inline | fanout | projection
+    engine: str  # "ray, serve batch <= 16" | inline | fanout | "projection of ..."
     members: int
     batch: int  # rows per request
     load: str  # "closed" | "open 50/s"
@@ -141,9 +141,10 @@ def _bodies(dense: np.ndarray, ids: np.ndarray, batch: int, count: int = 32) -> 
             for s in starts]
 
 
-def ray_points(args: argparse.Namespace, dense: np.ndarray, ids: np.ndarray) -> tuple[list[Point], dict[int, list[float]]]:
-    """Every (members, batch, load) point of the Ray Serve application; the closed-loop
-    latencies of M = 1 per batch size (for the projection)."""
+def ray_points(args: argparse.Namespace, dense: np.ndarray, ids: np.ndarray
+               ) -> tuple[list[Point], dict[tuple[str, int], list[float]]]:
+    """Every (serve batch, members, rows, load) point of the Ray Serve application; the
+    closed-loop latencies of M = 1 per (engine, rows per request), for the projection."""
     import ray
     from ray import serve
 
@@ -156,28 +157,30 @@ def ray_points(args: argparse.Namespace, dense: np.ndarray, ids: np.ndarray) -> 
     ray.init(address="local", num_cpus=args.ray_cpus, include_dashboard=False, configure_logging=False,
              log_to_driver=False)
     points: list[Point] = []
-    m1: dict[int, list[float]] = {}
+    m1: dict[tuple[str, int], list[float]] = {}
+    quiet = {"enable_access_log": False, "log_level": "WARNING"}
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port, "request_timeout_s": 30},
-                    logging_config={"enable_access_log": False, "log_level": "WARNING"})
+                    logging_config=quiet)
         url = f"http://127.0.0.1:{args.port}/"
-        for m in args.members:
-            opts = RayServeOptions(args.config, args.checkpoint, members=tuple(range(m)),
-                                   batching=BatchOptions(args.max_batch_size, args.batch_wait_ms / 1e3),
-                                   merge=MergeOptions(deadline_s=args.deadline_ms / 1e3))
-            serve.run(build_app(opts), name=APP_NAME, route_prefix="/",
-                      logging_config={"enable_access_log": False, "log_level": "WARNING"})
-            for batch in args.batch_sizes:
-                bodies = _bodies(dense, ids, batch)
-                for rate in [None, *args.rates]:
-                    lat, failed, wall = asyncio.run(http_load(
-                        url, bodies, requests=args.requests, warmup=args.warmup if rate is None else 0,
-                        rate=rate, duration_s=args.duration_s, timeout_s=args.timeout_s))
-                    p = _point("ray", m, batch, "closed" if rate is None else f"open {rate:g}/s", lat, failed, wall)
-                    points.append(p)
-                    print(_row(p), flush=True)
-                    if m == 1 and rate is None:
-                        m1[batch] = lat
+        for mbs in args.max_batch_sizes:
+            engine = f"ray, serve batch <= {mbs}"
+            for m in args.members:
+                opts = RayServeOptions(args.config, args.checkpoint, members=tuple(range(m)),
+                                       batching=BatchOptions(mbs, args.batch_wait_ms / 1e3 if mbs > 1 else 0.0),
+                                       merge=MergeOptions(deadline_s=args.deadline_ms / 1e3))
+                serve.run(build_app(opts), name=APP_NAME, route_prefix="/", logging_config=quiet)
+                for batch in args.batch_sizes:
+                    bodies = _bodies(dense, ids, batch)
+                    for rate in [None, *args.rates]:
+                        lat, failed, wall = asyncio.run(http_load(
+                            url, bodies, requests=args.requests, warmup=args.warmup if rate is None else 0,
+                            rate=rate, duration_s=args.duration_s, timeout_s=args.timeout_s))
+                        load = "closed" if rate is None else f"open {rate:g}/s"
+                        points.append(p := _point(engine, m, batch, load, lat, failed, wall))
+                        print(_row(p), flush=True)
+                        if m == 1 and rate is None:
+                            m1[engine, batch] = lat
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -252,24 +255,28 @@ def points_markdown(points: Sequence[Point]) -> str:
 
 
 def latency_figure(points: Sequence[Point]) -> Figure:
-    """p50 (solid) and p99 (dashed) against members, closed loop, per engine and batch size
-    (a bare ``matplotlib.figure.Figure``: no pyplot, no backend chosen)."""
+    """p50 (solid) and p99 (dashed) against members, one request in flight, one panel per rows
+    per request (a bare ``matplotlib.figure.Figure``: no pyplot, no backend chosen)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4.2))
-    ax = fig.add_subplot(1, 1, 1)
-    keys = sorted({(p.engine, p.batch) for p in points if p.load == "closed"})
-    for engine, batch in keys:
-        ps = sorted((p for p in points if p.engine == engine and p.batch == batch and p.load == "closed"),
-                    key=lambda p: p.members)
-        line, = ax.plot([p.members for p in ps], [p.p50_ms for p in ps], marker="o", label=f"{engine}, {batch} rows")
-        ax.plot([p.members for p in ps], [p.p99_ms for p in ps], ls="--", color=line.get_color(), alpha=0.6)
-    ax.set_xlabel("members M")
-    ax.set_ylabel("latency ms (p50 solid, p99 dashed)")
-    ax.set_xticks(sorted({p.members for p in points}))
-    ax.set_title("request latency vs members, one request in flight")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    closed = [p for p in points if p.load == "closed"]
+    batches = sorted({p.batch for p in closed})
+    fig = Figure(figsize=(5.5 * len(batches), 4.2))
+    for k, batch in enumerate(batches):
+        ax = fig.add_subplot(1, len(batches), k + 1)
+        for engine in sorted({p.engine for p in closed}):
+            ps = sorted((p for p in closed if p.engine == engine and p.batch == batch), key=lambda p: p.members)
+            if not ps:
+                continue
+            line, = ax.plot([p.members for p in ps], [p.p50_ms for p in ps], marker="o", label=engine,
+                            ls=":" if engine.startswith("projection") else "-")
+            ax.plot([p.members for p in ps], [p.p99_ms for p in ps], ls="--", color=line.get_color(), alpha=0.5)
+        ax.set_xlabel("members M")
+        ax.set_ylabel("latency ms (p50; p99 dashed)")
+        ax.set_xticks(sorted({p.members for p in closed}))
+        ax.set_title(f"{batch} row(s) per request")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -300,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--timeout-s", type=float, default=10.0, help="client timeout per request")
     p.add_argument("--deadline-ms", type=float, default=2000.0, help="the server's deadline")
-    p.add_argument("--max-batch-size", type=int, default=16, help="@serve.batch requests per forward")
+    p.add_argument("--max-batch-sizes", type=_ints, default=[16],
+                   help="@serve.batch requests per member forward, each a run (1: no batching, no wait), e.g. 1,16")
     p.add_argument("--batch-wait-ms", type=float, default=2.0)
     p.add_argument("--inprocess", type=lambda s: [x for x in s.split(",") if x], default=["inline", "fanout"],
                    help="in-process modes measured too (empty: none)")
@@ -330,16 +338,16 @@ def _run(args: argparse.Namespace) -> int:
     print("\n" + points_markdown([]), flush=True)
     points, m1 = ray_points(args, dense, ids)
     points += inprocess_points(args, dense, ids)
-    for batch, lat in m1.items():
+    for (engine, batch), lat in m1.items():
         for m in args.members:
             p50, p99 = project(lat, m, args.rtt_ms)
-            points.append(Point("projection", m, batch, "closed", p50, p99, float("nan"), 0, 0))
+            points.append(Point(f"projection of {engine}", m, batch, "closed", p50, p99, float("nan"), 0, 0))
     print(f"\n{points_markdown(points)}\n\n({os.cpu_count()} CPUs, uptime load {os.getloadavg()[0]:.2f})")
-    for batch in args.batch_sizes:
-        p1 = next((p for p in points if (p.engine, p.members, p.batch, p.load) == ("ray", 1, batch, "closed")), None)
-        p2 = next((p for p in points if (p.engine, p.members, p.batch, p.load) == ("ray", 2, batch, "closed")), None)
-        if p1 and p2:
-            print(f"ray, {batch} rows: p50 at M=2 / M=1 = {p2.p50_ms / p1.p50_ms:.2f} (target <= 1.25)")
+    closed = {(p.engine, p.members, p.batch): p for p in points if p.load == "closed"}
+    for (engine, batch) in m1:
+        if (engine, 2, batch) in closed:
+            ratio = closed[engine, 2, batch].p50_ms / closed[engine, 1, batch].p50_ms
+            print(f"{engine}, {batch} rows: p50 at M=2 / M=1 = {ratio:.2f} (target <= 1.25)")
     if args.json:
         args.json.write_text(json.dumps({"auc_curve": curve, "points": [asdict(p) for p in points]}, indent=1))
     if args.plot:

@@ -84,7 +84,7 @@ async def gather_by_deadline(calls: Mapping[str, Awaitable[Any]], timeout_s: flo
     for name, task in tasks.items():
         if task not in done:
             task.cancel()
-            missing[name] = f"no answer within the deadline ({timeout_s * 1e3:.0f} ms left)"
+            missing[name] = f"no answer in the {max(0.0, timeout_s) * 1e3:.0f} ms left before the deadline"
         elif (exc := task.exception()) is not None:
             missing[name] = f"{type(exc).__name__}: {one_line(exc)[:300]}"
         else:
