@@ -11,6 +11,10 @@ The modules, along a request's path:
   member, request ids, deadlines, restarts.
 - ``inline``: every member in the caller's process, the baseline.
 - ``latency``, ``cli``: timing, the latency-vs-members table, ``python -m recsys.serve``.
+- ``ray_parse``, ``ray_member``, ``ray_ingress``, ``ray_app``, ``ray_cli``: the Ray Serve
+  engine (``--engine ray``): request bodies (ids or raw rows), one deployment per member
+  with ``@serve.batch``, the HTTP ingress (fan-out, deadline, merge), the application
+  builder (also ``serve run``'s), its command-line options.  Ray is imported by these only.
 
 Why names are imported lazily here: ``recsys.serve.request`` (and ``recsys.serve_request``)
 needs only numpy, so an ingress can check requests without importing torch; the names that
