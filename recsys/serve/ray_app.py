@@ -172,7 +172,7 @@ def app_builder(args: dict[str, Any]) -> Application:
 
 def start_app(opts: RayServeOptions, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
               num_cpus: int | None = None, request_timeout_s: float = 30.0, name: str = APP_NAME,
-              route_prefix: str = "/") -> str:
+              route_prefix: str = "/", warmup_timeout_s: float = 120.0) -> str:
     """Starts (or reaches) Ray, Serve's HTTP proxy on ``host:port``, and the application;
     returns once every replica is up, with the URL to POST requests to.
 
@@ -180,7 +180,9 @@ def start_app(opts: RayServeOptions, *, host: str = "127.0.0.1", port: int = 800
     with ``num_cpus``.  ``request_timeout_s``: the proxy's own limit per request, a backstop
     behind the ingress's deadline.  ``name`` / ``route_prefix``: the application's, so that
     several ensembles share one Serve (each under its own prefix); where Serve already runs,
-    its proxy (host, port) stays as it is.
+    its proxy (host, port) stays as it is.  Before returning it sends every member one
+    warm-up row through the ingress (``EnsembleIngress.warmup``, at most ``warmup_timeout_s``),
+    so that the first user request does not pay the handles' set-up against its deadline.
     """
     if not ray.is_initialized():
         if address is None:
@@ -188,5 +190,9 @@ def start_app(opts: RayServeOptions, *, host: str = "127.0.0.1", port: int = 800
         else:
             ray.init(address=address)
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s})
-    serve.run(build_app(opts), name=name, route_prefix=route_prefix)
+    ingress = serve.run(build_app(opts), name=name, route_prefix=route_prefix)
+    missing = ingress.warmup.remote(warmup_timeout_s).result()
+    if missing:
+        raise ServeError("members did not answer a warm-up request: "
+                         + "; ".join(f"{n}: {why}" for n, why in missing.items()))
     return f"http://{host}:{port}{route_prefix}"

@@ -110,6 +110,17 @@ class EnsembleIngress:
         self.merge = merge
         self.parser = BodyParser.for_data(spec, Path(data_dir) if data_dir else None, merge.deadline_s * 1e3)
 
+    async def warmup(self, timeout_s: float) -> dict[str, str]:
+        """Sends one row of id 0 (inside every table) to every member and waits up to
+        ``timeout_s``; returns the members that did not answer, with why.  The first call
+        through a handle sets up its routing (~1 s), which would otherwise make the first
+        user request miss its deadline; ``start_app`` calls this before returning."""
+        dense = np.zeros((1, len(self.spec.dense_names)), np.float32)
+        ids = np.zeros((1, len(self.spec.sparse_names)), np.int64)
+        _, missing = await gather_by_deadline({n: h.logits.remote(dense, ids) for n, h in self.members.items()},
+                                              timeout_s)
+        return missing
+
     async def __call__(self, request: Request) -> JSONResponse:
         t0 = time.monotonic()
         if request.method == "GET":
