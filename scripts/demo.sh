@@ -91,4 +91,4 @@ echo "  report:       $ROOT/$RUN_DIR/results.md  (and results.json; validation: 
 echo "  AUC-vs-m:     $ROOT/$RUN_DIR/auc_vs_m.png"
 echo "  TensorBoard:  .venv/bin/tensorboard --logdir $ROOT/$RUN_DIR"
 echo "  checkpoints:  $ROOT/checkpoints/demo  (re-score: .venv/bin/python -m recsys.eval --config $CONFIG --checkpoint checkpoints/demo)"
-echo "  serve:        .venv/bin/python -m recsys.serve --config $CONFIG --checkpoint checkpoints/demo --sweep  (latency vs members)"
+echo "  serve:        .venv/bin/python -m recsys.serve --engine ray --config $CONFIG --checkpoint checkpoints/demo --port 8000  (HTTP; --sweep without --engine: in-process latency vs members)"
