@@ -2,8 +2,9 @@
 
 Layout of ``runs/<name>/``::
 
-    events.out.tfevents...      global rank 0: final val/test AUC and logloss per member,
-                                group and ensemble, the AUC-vs-m curve (step = m) and its
+    events.out.tfevents...      global rank 0: final val/test AUC, logloss, NE and calibration
+                                per member, group and ensemble, DeLong's ensemble-vs-best-
+                                member AUC gain and p, the AUC-vs-m curve (step = m) and its
                                 PNG as an image, total examples/s, hparams
     group<k>/events...          the leader of group k: train loss and examples/s, and the
                                 per-epoch val AUC/logloss of its members and its group mean
@@ -34,8 +35,12 @@ Tags (``<m>`` = member name such as ``m0_fnn``)::
     train/loss/group<k>, train/examples_per_s/group<k>           (group<k>/)
     val/auc/<m>, val/auc/group<k>, val/logloss/...               (group<k>/, per epoch)
     final_val/auc/{<m>,group<k>,ensemble}, final_val/logloss/... (run dir)
+    final_val/ne/..., final_val/calibration/...                  (run dir)
     test/auc/{<m>,group<k>,ensemble}, test/logloss/...           (run dir)
+    test/ne/..., test/calibration/...                            (run dir)
+    {final_val,test}/ensemble_vs_best_member/{auc_diff,delong_p} (run dir)
     test/auc_vs_m, test/logloss_vs_m, val/auc_vs_m               (run dir, step = m)
+    test/ne_vs_m, test/calibration_vs_m                          (run dir, step = m)
     train/examples_per_s, train/member_examples_per_s            (run dir, whole ensemble)
 """
 from __future__ import annotations
@@ -47,6 +52,9 @@ from torch.utils.tensorboard import SummaryWriter
 
 from recsys.config import ExperimentConfig
 from recsys.eval.report import EnsembleReport, curve_figure, score, write_report
+
+#: The per-row metrics of every report row (``recsys.eval.metrics.Metrics`` fields), one tag each.
+_METRICS = ("auc", "logloss", "ne", "calibration")
 
 
 class RunLogger:
@@ -66,14 +74,14 @@ class RunLogger:
 
     def _log_report(self, prefix: str, report: EnsembleReport) -> None:
         w = self.writer
-        for name, m in zip(report.names, report.members):
-            w.add_scalar(f"{prefix}/auc/{name}", m.auc, 0)
-            w.add_scalar(f"{prefix}/logloss/{name}", m.logloss, 0)
-        for k, m in enumerate(report.group_metrics):
-            w.add_scalar(f"{prefix}/auc/group{k}", m.auc, 0)
-            w.add_scalar(f"{prefix}/logloss/group{k}", m.logloss, 0)
-        w.add_scalar(f"{prefix}/auc/ensemble", report.ensemble.auc, 0)
-        w.add_scalar(f"{prefix}/logloss/ensemble", report.ensemble.logloss, 0)
+        rows = [*zip(report.names, report.members), *((f"group{k}", m) for k, m in enumerate(report.group_metrics)),
+                ("ensemble", report.ensemble)]
+        for name, m in rows:
+            for metric in _METRICS:
+                w.add_scalar(f"{prefix}/{metric}/{name}", getattr(m, metric), 0)
+        if (c := report.ensemble_vs_best_member) is not None:
+            w.add_scalar(f"{prefix}/ensemble_vs_best_member/auc_diff", c.diff, 0)
+            w.add_scalar(f"{prefix}/ensemble_vs_best_member/delong_p", c.p, 0)
 
     def final(
         self,
@@ -99,6 +107,8 @@ class RunLogger:
             w.add_scalar("val/auc_vs_m", mv.auc, i + 1)
             w.add_scalar("test/auc_vs_m", mt.auc, i + 1)
             w.add_scalar("test/logloss_vs_m", mt.logloss, i + 1)
+            w.add_scalar("test/ne_vs_m", mt.ne, i + 1)
+            w.add_scalar("test/calibration_vs_m", mt.calibration, i + 1)
         # The figure itself (add_figure renders it with Agg), not the PNG read back; close=False:
         # a bare Figure is not in pyplot's registry, there is nothing to close.
         w.add_figure("test/auc_vs_m_plot", curve_figure(test_rep), 0, close=False)

@@ -126,6 +126,89 @@ def test_report_json_writes_nan_as_null(tmp_path):
     assert d["ensemble"]["auc"] is None and d["ensemble"]["logloss"] > 0
 
 
+def test_ne_and_calibration_match_torchrec():
+    from torchrec.metrics.calibration import compute_calibration
+    from torchrec.metrics.ne import compute_cross_entropy, compute_ne
+
+    from recsys.eval.metrics import Metrics, calibration_score
+
+    g = torch.Generator().manual_seed(5)
+    for base_rate in (0.03, 0.3, 0.7):
+        y = (torch.rand(3000, generator=g) < base_rate).double()
+        x = 3 * torch.randn(3000, generator=g, dtype=torch.float64) + 2 * y - 1
+        p = torch.sigmoid(x)
+        pos, neg = y.sum(), (1 - y).sum()
+        ce_sum = compute_cross_entropy(y, p, torch.ones_like(y), 1e-12).sum()
+        want_ne = float(compute_ne(ce_sum, pos + neg, pos, neg, 1e-12))
+        want_cal = float(compute_calibration(p.sum(), y.sum()))
+        m = Metrics.of(x, y)
+        assert m.ne == pytest.approx(want_ne, rel=1e-6)
+        assert m.calibration == pytest.approx(want_cal, rel=1e-6)
+        assert calibration_score(x.numpy(), y.numpy()) == m.calibration
+        assert m.auc == auc_score(x, y) and m.logloss == logloss_score(x, y)
+
+
+def test_report_ne_calibration_and_ensemble_vs_best_member(tmp_path):
+    from recsys.eval.metrics import Metrics
+    from recsys.eval.significance import delong_test
+    from recsys.ensemble import merge_logits
+
+    x, y = _toy_logits(m=3)
+    rep = score(x, y, ["m0_a", "m1_b", "m2_c"], [[0, 1], [2]])
+    for got, col in [(rep.members[1], x[:, 1]), (rep.group_metrics[0], merge_logits(x[:, :2].double())),
+                     (rep.ensemble, merge_logits(x.double())), (rep.curve[1], merge_logits(x[:, :2].double()))]:
+        want = Metrics.of(col.double(), y.double())
+        assert got.ne == pytest.approx(want.ne, rel=1e-12) and got.calibration == pytest.approx(want.calibration, rel=1e-12)
+        assert 0 < got.ne < 1.2 and 0 < got.calibration < 5
+    c = rep.ensemble_vs_best_member
+    best = max(range(3), key=lambda j: rep.members[j].auc)
+    assert c is not None and c.member == best and c.name == rep.names[best]
+    want = delong_test(merge_logits(x.double()), x[:, best].double(), y)
+    assert c.diff == pytest.approx(rep.ensemble.auc - rep.members[best].auc, abs=1e-12)
+    assert c.p == pytest.approx(want.p, rel=1e-12) and c.clears_threshold == (c.diff >= 0.001)
+    d = json.loads(write_report(rep, tmp_path)["json"].read_text())
+    assert d["ensemble_vs_best_member"]["clears_0.001"] == c.clears_threshold
+    assert d["members"][1]["ne"] == rep.members[1].ne and d["curve"][2]["calibration"] == rep.curve[2].calibration
+    back = EnsembleReport.from_json(d)
+    assert back.ensemble_vs_best_member == c and back.members == rep.members
+    md = report_markdown(rep)
+    assert f"Ensemble vs best member ({c.name}): AUC {c.diff:+.5f}, DeLong p = {c.p:.3g}" in md
+    assert f"{rep.ensemble.ne:.5f}" in md and f"{rep.ensemble.calibration:.5f}" in md
+    # A results.json from before NE/calibration reads back with NaN and no comparison.
+    for row in (*d["members"], *d["groups"], d["ensemble"], *d["curve"]):
+        del row["ne"], row["calibration"]
+    del d["ensemble_vs_best_member"]
+    old = EnsembleReport.from_json(d)
+    assert math.isnan(old.ensemble.ne) and old.ensemble_vs_best_member is None
+    assert old.ensemble.auc == rep.ensemble.auc
+    # One class: NE and the comparison undefined (null), calibration still defined for positives.
+    one = score(x, torch.ones(x.shape[0]), ["a", "b", "c"], [[0, 1, 2]])
+    j = one.to_json()
+    assert j["ensemble"]["ne"] is None and j["ensemble_vs_best_member"] is None and j["ensemble"]["calibration"] > 0
+
+
+def test_tb_report_tags_include_ne_calibration_and_delong():
+    from recsys.tb import RunLogger
+
+    logged: dict[str, float] = {}
+
+    class Writer:
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            logged[tag] = value
+
+    x, y = _toy_logits(m=2)
+    rep = score(x, y, ["m0_a", "m1_b"], [[0], [1]])
+    log = RunLogger.__new__(RunLogger)  # only the writer is used
+    log.writer = Writer()  # type: ignore[assignment]
+    log._log_report("test", rep)
+    for metric in ("auc", "logloss", "ne", "calibration"):
+        for row in ("m0_a", "m1_b", "group0", "group1", "ensemble"):
+            assert f"test/{metric}/{row}" in logged
+    assert logged["test/ne/ensemble"] == rep.ensemble.ne
+    assert logged["test/calibration/m1_b"] == rep.members[1].calibration
+    assert logged["test/ensemble_vs_best_member/delong_p"] == rep.ensemble_vs_best_member.p
+
+
 # --------------------------------------------------------------------- 2 gloo ranks
 
 N_ROWS = 37

@@ -1,4 +1,5 @@
-"""Exact ranking and calibration metrics: ROC AUC (tie-correct) and logloss.
+"""Exact ranking and calibration metrics: ROC AUC (tie-correct), logloss, and TorchRec's two
+standard CTR metrics, normalized entropy (NE) and calibration.
 
 Why its own module: the data generator (``recsys.data.synth``) reports its planted model's
 AUC with the same function evaluation uses, so this module imports only numpy at load time
@@ -7,7 +8,7 @@ AUC with the same function evaluation uses, so this module imports only numpy at
 Example::
 
     auc_score(np.array([0.1, 0.4, 0.4, 0.8]), np.array([0, 0, 1, 1]))    # 0.875
-    Metrics.of(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0]))      # Metrics(auc=0.0, logloss=...)
+    Metrics.of(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0]))      # Metrics(auc=0.0, logloss=..., ne=..., calibration=...)
 """
 from __future__ import annotations
 
@@ -80,14 +81,78 @@ def logloss_score(logits: torch.Tensor, labels: torch.Tensor) -> float:
     )
 
 
+#: TorchRec's clamp of the base rate (``NEMetricComputation.eta``), so a base rate of 1e-15
+#: gives the same NE here as there.
+_ETA = 1e-12
+
+
+def base_rate_entropy(labels: np.ndarray | torch.Tensor) -> float:
+    """Entropy in nats of a constant prediction at the base rate p = mean(labels [N]):
+    -p log p - (1 - p) log(1 - p), p clamped to [1e-12, 1 - 1e-12] as in TorchRec.  NaN when
+    one class is absent: no model can beat a base rate that is exactly right, NE is undefined.
+
+    Example::
+
+        base_rate_entropy(np.array([0, 1]))   # log 2 = 0.693...
+    """
+    y = _flat_float64(labels)
+    n_pos = float(y.sum())
+    if y.size == 0 or n_pos == 0 or n_pos == y.size:
+        return float("nan")
+    p = min(max(n_pos / y.size, _ETA), 1.0 - _ETA)
+    return float(-p * np.log(p) - (1.0 - p) * np.log1p(-p))
+
+
+def normalized_entropy(logloss: float, labels: np.ndarray | torch.Tensor) -> float:
+    """NE = logloss / entropy of the base rate (``torchrec.metrics.ne.compute_ne``): the
+    logloss relative to always predicting the base rate; below 1 means the model beats it,
+    and unlike logloss it does not move with the base rate alone.  NaN with one class.
+
+    Why from a logloss already computed: ``Metrics.of`` has it, and NE is a ratio of two sums
+    (TorchRec's log2 cancels), so ``logloss_score``'s stable float64 value is the numerator.
+
+    Example::
+
+        normalized_entropy(0.693, np.array([0, 1]))   # 0.99979...
+    """
+    return logloss / base_rate_entropy(labels)
+
+
+def calibration_score(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
+    """Calibration = sum(sigmoid(logits [N])) / sum(labels [N])
+    (``torchrec.metrics.calibration.compute_calibration``): predicted over observed positives,
+    1 when the model's mean CTR is right.  NaN without positives (TorchRec returns 0 there,
+    which would read as "predicts no clicks").
+
+    Example::
+
+        calibration_score(np.array([0.0, 0.0]), np.array([1, 0]))   # 1.0
+    """
+    x = _flat_float64(logits)
+    y = _flat_float64(labels)
+    if x.size != y.size:
+        raise ValueError(f"calibration_score: {x.size} logits but {y.size} labels")
+    pos = float(y.sum())
+    if pos <= 0:
+        return float("nan")
+    return float(np.exp(-np.logaddexp(0.0, -x)).sum()) / pos  # sigmoid, exact to float64 for any logit
+
+
 @dataclass
 class Metrics:
-    """AUC and logloss of one score column (a member, a group mean, the ensemble)."""
+    """AUC, logloss, NE and calibration of one score column (a member, a group mean, the
+    ensemble).  ``ne`` and ``calibration`` default to NaN so ``Metrics(auc, logloss)`` (and a
+    results.json written before they existed) still reads."""
 
     auc: float
     logloss: float
+    ne: float = float("nan")
+    calibration: float = float("nan")
 
     @classmethod
     def of(cls, logits: torch.Tensor, labels: torch.Tensor) -> Metrics:
-        """Both metrics of logits [N] against labels [N]."""
-        return cls(auc_score(logits, labels), logloss_score(logits, labels))
+        """All four metrics of logits [N] against labels [N]."""
+        logloss = logloss_score(logits, labels)
+        return cls(
+            auc_score(logits, labels), logloss, normalized_entropy(logloss, labels), calibration_score(logits, labels)
+        )

@@ -1,5 +1,6 @@
-"""The ensemble report: every member, every group, the ensemble and the AUC-vs-m curve,
-scored from the [N, M] member-logit matrix, and written as JSON, markdown and a PNG plot.
+"""The ensemble report: every member, every group, the ensemble and the AUC-vs-m curve
+(AUC, logloss, NE, calibration each), plus DeLong's test of the ensemble against its best
+member, scored from the [N, M] member-logit matrix and written as JSON, markdown and a PNG.
 
 Why the plot draws on a bare ``matplotlib.figure.Figure``: pyplot keeps a process-wide
 figure registry and selects a backend for the whole process; a figure that is only saved
@@ -22,15 +23,66 @@ import torch
 
 from recsys.ensemble import merge_logits
 from recsys.eval.metrics import Metrics
+from recsys.eval.significance import delong_test
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+#: The paper's bar for a meaningful CTR gain: 0.1% AUC, i.e. 0.001 absolute.
+AUC_GAIN_THRESHOLD = 0.001
+
+
+@dataclass
+class Comparison:
+    """DeLong's test of the ensemble against its best single member (highest AUC) on the
+    same rows: ``diff`` = ensemble AUC - member AUC, its z and two-sided ``p``, and whether the
+    gain clears the paper's 0.1% bar (``diff >= 0.001``; significance is ``p``'s to say)."""
+
+    member: int
+    name: str
+    diff: float
+    z: float
+    p: float
+
+    @property
+    def clears_threshold(self) -> bool:
+        return self.diff >= AUC_GAIN_THRESHOLD
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"member", "name", "diff", "z", "p", "clears_0.001"}``; an infinite z becomes null."""
+        z = self.z if math.isfinite(self.z) else None
+        return {"member": self.member, "name": self.name, "diff": self.diff, "z": z, "p": self.p,
+                "clears_0.001": self.clears_threshold}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Comparison:
+        z = math.copysign(math.inf, float(d["diff"])) if d["z"] is None else float(d["z"])
+        return cls(int(d["member"]), str(d["name"]), float(d["diff"]), z, float(d["p"]))
+
+
+def compare_best_member(x: torch.Tensor, y: torch.Tensor, ensemble_logits: torch.Tensor,
+                        members: Sequence[Metrics], names: Sequence[str]) -> Comparison | None:
+    """DeLong of ``ensemble_logits`` [N] against the member column of x [N, M] with the highest
+    AUC, on labels y [N]; None when no member has an AUC or a class has < 2 rows.
+
+    Example::
+
+        compare_best_member(x, y, merge_logits(x), rep.members, rep.names).p
+    """
+    aucs = [m.auc for m in members]
+    if all(math.isnan(a) for a in aucs) or min(int(y.sum()), int((1 - y).sum())) < 2:
+        return None
+    best = max((j for j in range(len(aucs)) if not math.isnan(aucs[j])), key=lambda j: aucs[j])
+    r = delong_test(ensemble_logits, x[:, best], y)
+    return Comparison(best, names[best], r.diff, r.z, r.p)
+
+
 @dataclass
 class EnsembleReport:
-    """AUC/logloss for every member, every group (mean logit of its members), the full
-    ensemble, and the curve over the first m = 1..M members in config order.
+    """AUC/logloss/NE/calibration for every member, every group (mean logit of its members),
+    the full ensemble, and the curve over the first m = 1..M members in config order; DeLong's
+    test of the ensemble against the best member (None with one class).
 
     ``curve[m - 1]`` is the ensemble of members ``0..m-1``, so ``curve[-1] == ensemble``.
     ``extra`` holds JSON-able context (split, timings, config name, ...).
@@ -44,6 +96,7 @@ class EnsembleReport:
     ensemble: Metrics
     curve: list[Metrics]
     extra: dict[str, Any] = field(default_factory=dict)
+    ensemble_vs_best_member: Comparison | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``results.json`` layout; NaN (a split with one class) becomes null."""
@@ -58,14 +111,19 @@ class EnsembleReport:
             "ensemble": m(self.ensemble),
             "curve": [{"m": i + 1, **m(x)} for i, x in enumerate(self.curve)],
             "extra": self.extra,
+            "ensemble_vs_best_member": None if (c := self.ensemble_vs_best_member) is None else c.to_json(),
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> EnsembleReport:
-        """Inverse of ``to_json`` (null back to NaN)."""
+        """Inverse of ``to_json`` (null back to NaN); a results.json from before NE, calibration
+        and the comparison reads with NaN and None for them."""
 
         def m(x: dict[str, Any]) -> Metrics:
-            return Metrics(*(float("nan") if x[k] is None else float(x[k]) for k in ("auc", "logloss")))
+            keys = ("auc", "logloss", "ne", "calibration")
+            return Metrics(*(float("nan") if x.get(k) is None else float(x[k]) for k in keys))
+
+        c = d.get("ensemble_vs_best_member")
 
         return cls(
             names=[x["name"] for x in d["members"]],
@@ -76,6 +134,7 @@ class EnsembleReport:
             ensemble=m(d["ensemble"]),
             curve=[m(x) for x in d["curve"]],
             extra=dict(d.get("extra", {})),
+            ensemble_vs_best_member=None if c is None else Comparison.from_json(c),
         )
 
 
@@ -118,6 +177,7 @@ def score(
         ensemble=curve[-1],
         curve=curve,
         extra=dict(extra or {}),
+        ensemble_vs_best_member=compare_best_member(x, y, merge_logits(x), members, names),
     )
 
 
@@ -126,17 +186,25 @@ def _fmt(v: float) -> str:
 
 
 def report_markdown(report: EnsembleReport) -> str:
-    """``results.md``: one table of members, groups and the ensemble, one of the curve."""
-    lines = ["| what | members | AUC | logloss |", "|---|---|---:|---:|"]
+    """``results.md``: one table of members, groups and the ensemble, the ensemble-vs-best-member
+    line, one table of the curve."""
+    lines = ["| what | members | AUC | logloss | NE | calibration |", "|---|---|---:|---:|---:|---:|"]
     for i, (n, x) in enumerate(zip(report.names, report.members)):
-        lines.append(f"| member {i} | {n} | {_fmt(x.auc)} | {_fmt(x.logloss)} |")
+        lines.append(f"| member {i} | {n} | {_fmt(x.auc)} | {_fmt(x.logloss)} | {_fmt(x.ne)} | {_fmt(x.calibration)} |")
     for k, (g, x) in enumerate(zip(report.groups, report.group_metrics)):
         names = ", ".join(report.names[i] for i in g)
-        lines.append(f"| group {k} | {names} | {_fmt(x.auc)} | {_fmt(x.logloss)} |")
-    lines.append(f"| **ensemble** | all {len(report.names)} | **{_fmt(report.ensemble.auc)}** | **{_fmt(report.ensemble.logloss)}** |")
-    lines += ["", "AUC vs number of members m (first m in config order):", "", "| m | AUC | logloss |", "|---:|---:|---:|"]
+        lines.append(f"| group {k} | {names} | {_fmt(x.auc)} | {_fmt(x.logloss)} | {_fmt(x.ne)} | {_fmt(x.calibration)} |")
+    e = report.ensemble
+    lines.append(f"| **ensemble** | all {len(report.names)} | **{_fmt(e.auc)}** | **{_fmt(e.logloss)}** "
+                 f"| **{_fmt(e.ne)}** | **{_fmt(e.calibration)}** |")
+    if (c := report.ensemble_vs_best_member) is not None:
+        verdict = "clears" if c.clears_threshold else "does not clear"
+        lines += ["", f"Ensemble vs best member ({c.name}): AUC {c.diff:+.5f}, DeLong p = {c.p:.3g}; "
+                      f"{verdict} the paper's 0.1% (0.001) AUC bar."]
+    lines += ["", "AUC vs number of members m (first m in config order):", "",
+              "| m | AUC | logloss | NE | calibration |", "|---:|---:|---:|---:|---:|"]
     for i, x in enumerate(report.curve):
-        lines.append(f"| {i + 1} | {_fmt(x.auc)} | {_fmt(x.logloss)} |")
+        lines.append(f"| {i + 1} | {_fmt(x.auc)} | {_fmt(x.logloss)} | {_fmt(x.ne)} | {_fmt(x.calibration)} |")
     head = f"# Ensemble evaluation ({report.num_rows} rows"
     if "split" in report.extra:
         head += f", split {report.extra['split']}"
