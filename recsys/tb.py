@@ -33,7 +33,7 @@ run's events for them, so every step appears once.
 Tags (``<m>`` = member name such as ``m0_fnn``)::
 
     train/loss/group<k>, train/examples_per_s/group<k>           (group<k>/)
-    val/auc/<m>, val/auc/group<k>, val/logloss/...               (group<k>/, per epoch)
+    val/{auc,logloss,ne,calibration}/{<m>,group<k>}            (group<k>/, per epoch)
     final_val/auc/{<m>,group<k>,ensemble}, final_val/logloss/... (run dir)
     final_val/ne/..., final_val/calibration/...                  (run dir)
     test/auc/{<m>,group<k>,ensemble}, test/logloss/...           (run dir)

@@ -167,6 +167,9 @@ def test_tensorboard_events(ref: tuple[Path, subprocess.CompletedProcess[str]]) 
         val = g.Scalars(f"val/auc/group{k}")
         assert [e.step for e in val] == [8, 16]  # one per epoch
         assert len(g.Scalars(f"train/examples_per_s/group{k}")) == len(loss)
+        ne = g.Scalars(f"val/ne/group{k}")  # TorchRec's normalized entropy, beside AUC and logloss
+        assert [e.step for e in ne] == [8, 16] and all(0.3 < e.value < 1.5 for e in ne)
+        assert [e.step for e in g.Scalars(f"val/calibration/group{k}")] == [8, 16]
 
 
 def test_segments_split_at_checkpoint_and_eval_boundaries() -> None:

@@ -164,11 +164,10 @@ class Validation(Callback):
             auc[0] = rep.group_metrics[0].auc
             w = loop.writer
             if w is not None:
-                for name, m in zip(rep.names, rep.members):
-                    w.add_scalar(f"val/auc/{name}", m.auc, state.step)
-                    w.add_scalar(f"val/logloss/{name}", m.logloss, state.step)
-                w.add_scalar(f"val/auc/group{run.index}", rep.group_metrics[0].auc, state.step)
-                w.add_scalar(f"val/logloss/group{run.index}", rep.group_metrics[0].logloss, state.step)
+                rows = [*zip(rep.names, rep.members), (f"group{run.index}", rep.group_metrics[0])]
+                for name, m in rows:
+                    for metric in ("auc", "logloss", "ne", "calibration"):
+                        w.add_scalar(f"val/{metric}/{name}", getattr(m, metric), state.step)
                 w.flush()
         dist.broadcast(auc, src=run.ranks[0], group=run.pg)
         return float(auc[0])
