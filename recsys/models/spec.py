@@ -28,6 +28,9 @@ class MemberConfig:
     """
 
     seed: int = 0
+    # A named bundle of defaults (``recsys.models.preset.PRESETS``; "" = ours), resolved
+    # against the data's schema by ``recsys.models.preset.resolve_spec`` before building.
+    preset: str = ""
     embedding_dim: int = 16
     dropout: float = 0.0
     # Embedding tables: "xavier" (uniform on +-sqrt(6 / (rows + dim)), the reference code's
