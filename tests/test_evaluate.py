@@ -171,6 +171,8 @@ def test_report_ne_calibration_and_ensemble_vs_best_member(tmp_path):
     assert d["members"][1]["ne"] == rep.members[1].ne and d["curve"][2]["calibration"] == rep.curve[2].calibration
     back = EnsembleReport.from_json(d)
     assert back.ensemble_vs_best_member == c and back.members == rep.members
+    quick = score(x, y, ["m0_a", "m1_b", "m2_c"], [[0, 1], [2]], compare=False)  # per-epoch validation's call
+    assert quick.ensemble_vs_best_member is None and quick.members == rep.members and quick.ensemble == rep.ensemble
     md = report_markdown(rep)
     assert f"Ensemble vs best member ({c.name}): AUC {c.diff:+.5f}, DeLong p = {c.p:.3g}" in md
     assert f"{rep.ensemble.ne:.5f}" in md and f"{rep.ensemble.calibration:.5f}" in md

@@ -144,8 +144,13 @@ def score(
     names: Sequence[str],
     groups: Sequence[Sequence[int]],
     extra: dict[str, Any] | None = None,
+    compare: bool = True,
 ) -> EnsembleReport:
     """Scores the [N, M] member-logit matrix (config order) against labels [N].
+
+    ``compare=False`` skips DeLong's test of the ensemble against the best member (its
+    ``ensemble_vs_best_member`` is then None): the per-epoch validation only logs AUC, logloss,
+    NE and calibration, and DeLong's O(N log N) midrank pass per member is wasted there.
 
     Example::
 
@@ -177,7 +182,7 @@ def score(
         ensemble=curve[-1],
         curve=curve,
         extra=dict(extra or {}),
-        ensemble_vs_best_member=compare_best_member(x, y, merge_logits(x), members, names),
+        ensemble_vs_best_member=compare_best_member(x, y, merge_logits(x), members, names) if compare else None,
     )
 
 

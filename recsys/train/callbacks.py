@@ -160,7 +160,7 @@ class Validation(Callback):
         run = loop.run
         auc = torch.zeros(1, dtype=torch.float64, device=loop.env.device)
         if res.member_logits is not None and res.labels is not None:
-            rep = score(res.member_logits, res.labels, run.names, [list(range(len(run.names)))])
+            rep = score(res.member_logits, res.labels, run.names, [list(range(len(run.names)))], compare=False)
             auc[0] = rep.group_metrics[0].auc
             w = loop.writer
             if w is not None:
