@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 from recsys.config import checks
+from recsys.config.preset import apply_preset
 from recsys.config.schema import SECTIONS, ConfigError, ExperimentConfig, TorchRecCriteoSection
 from recsys.data.criteo_layout import NUM_SPARSE
 from recsys.data.schema import read_document
@@ -28,7 +29,7 @@ from recsys.data.schema import read_document
 S = TypeVar("S")
 
 _TOP = {f.name for f in dataclasses.fields(ExperimentConfig)} - set(SECTIONS) - {"source"}
-_TOP_SCALARS = ("name", "seed", "device", "log_dir", "checkpoint_dir", "data_dir")
+_TOP_SCALARS = ("name", "seed", "device", "log_dir", "checkpoint_dir", "data_dir", "preset")
 _TORCHREC_DAY_KEYS = ("train_days", "val_days", "test_days")
 
 
@@ -135,7 +136,10 @@ def _build_torchrec_criteo(raw: object, where: str) -> TorchRecCriteoSection:
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<config>", check_data: bool = True) -> ExperimentConfig:
-    """Validates a parsed TOML dict; ``check_data=False`` skips the data-dir check (tests, tools)."""
+    """Validates a parsed TOML dict; ``check_data=False`` skips the data-dir check (tests, tools).
+
+    A ``preset`` is merged in first (``recsys.config.preset.apply_preset``), under the dict's own
+    values, so everything below checks the values the run will use."""
     unknown = set(raw) - _TOP - set(SECTIONS)
     if unknown:
         valid = sorted(_TOP | set(SECTIONS))
@@ -143,6 +147,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>", check_data: 
     for req in ("data_dir", "members"):
         if req not in raw:
             raise ConfigError(f"{source}: missing required key {req!r}")
+    raw = apply_preset(raw, source)
     members = checks.check_members(raw["members"], source)
     groups = checks.check_groups(raw.get("groups"), len(members), source)
 

@@ -228,6 +228,7 @@ class ExperimentConfig:
     sharding: ShardingSection = field(default_factory=ShardingSection)
     topology: TopologySection = field(default_factory=TopologySection)
     torchrec_criteo: TorchRecCriteoSection | None = None  # set: data_dir is in TorchRec's day layout
+    preset: str = ""  # "tts4ctr": the official recipe under the file's values (recsys.config.preset); "": ours
     source: str = "<config>"  # the file it came from, for messages
 
     @property
@@ -261,7 +262,8 @@ class ExperimentConfig:
         return self.torchrec_criteo.open(self.data_dir).schema
 
     def hparams(self) -> dict[str, str | int | float | bool]:
-        """Flat scalar/str dict for TensorBoard's hparams plugin."""
+        """Flat scalar/str dict for TensorBoard's hparams plugin: the resolved values (a preset's
+        included) and the preset's name ("none" for our defaults), so a run says what it trained with."""
         out: dict[str, str | int | float | bool] = {
             "name": self.name,
             "data_dir": self.data_dir,
@@ -270,6 +272,7 @@ class ExperimentConfig:
             "num_members": len(self.members),
             "num_groups": len(self.groups),
             "seed": self.seed,
+            "preset": self.preset or "none",
         }
         for sec in ("train", "dense_optimizer", "embedding_optimizer", "sharding"):
             for k, v in dataclasses.asdict(getattr(self, sec)).items():
