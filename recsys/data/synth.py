@@ -9,7 +9,9 @@ Labels come from a *planted* model over the same features the converters
 produce (Criteo numerics as ``floor(ln(v)^2)`` buckets, Avazu hour-of-day and
 weekday): a first-order weight per value plus low-rank pairwise interactions
 between random field pairs, so models that capture interactions beat a linear
-one.  ``write_*`` returns the planted model's AUC on the generated rows, the
+one.  ``signal="higher-order"`` moves half of the interaction variance into
+third-order terms over random field triples (``PlantedModel``), which a
+pairwise model cannot fit: deeper cross nets and wider MLPs have something to find.  ``write_*`` returns the planted model's AUC on the generated rows, the
 best any model can do.
 
 Values are drawn log-uniformly over each field's vocabulary (P(rank r) ~ 1/r,
@@ -24,7 +26,8 @@ Example::
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -64,18 +67,49 @@ def zipf_ranks(rng: np.random.Generator, vocab: int, n: int) -> np.ndarray:
     return np.clip(r, 0, vocab - 1)
 
 
+SIGNALS = ("pairwise", "higher-order")
+HIGHER_ORDER_SHARE = 0.5  # default share of the interaction-logit variance carried by the 3-way terms
+INTERACTION_SD = 1.6  # standard deviation of the planted interaction logit (pairwise + higher-order)
+
+
 @dataclass
 class PlantedModel:
-    """logit = bias + sum_f w_f[x_f] + scale * sum_{(f,g) in pairs} <e_f[x_f], e_g[x_g]>."""
+    """logit = bias + sum_f w_f[x_f] + pair_scale * sum_{(f,g)} <e_f[x_f], e_g[x_g]>
+    + triple_scale * sum_{(f,g,h)} sum_k u_f[x_f,k] u_g[x_g,k] u_h[x_h,k].
+
+    The third-order terms (``signal="higher-order"``) are rank-``rank`` CP tensors over random
+    field triples: a model limited to pairwise crosses (FM, one cross layer, IPNN's inner
+    products) fits only their pairwise shadow (the Zipf head makes conditional means nonzero),
+    while deeper cross nets and MLPs can fit them.  ``higher_order_share`` is their expected share of the interaction variance (over the
+    draw of the tables, every CP product has unit variance); the total interaction variance
+    stays ``INTERACTION_SD**2`` either way, so the two signals are equally hard overall and
+    differ only in how the signal is spread over orders.  The first-order and pairwise tables
+    are drawn first from the same stream, so ``signal="pairwise"`` is the historical model.
+    """
 
     weights: list[np.ndarray]
     latents: list[np.ndarray]
     pairs: list[tuple[int, int]]
     bias: float
     pair_scale: float
+    triple_latents: list[np.ndarray] = field(default_factory=list)
+    triples: list[tuple[int, int, int]] = field(default_factory=list)
+    triple_scale: float = 0.0
 
     @classmethod
-    def make(cls, vocab_sizes: list[int], seed: int, bias: float, rank: int = 4) -> "PlantedModel":
+    def make(
+        cls,
+        vocab_sizes: list[int],
+        seed: int,
+        bias: float,
+        rank: int = 4,
+        signal: str = "pairwise",
+        higher_order_share: float = HIGHER_ORDER_SHARE,
+    ) -> "PlantedModel":
+        if signal not in SIGNALS:
+            raise ValueError(f"unknown signal {signal!r}; choose from {', '.join(SIGNALS)}")
+        if not 0.0 <= higher_order_share < 1.0:
+            raise ValueError(f"higher_order_share must be in [0, 1), got {higher_order_share}")
         rng = np.random.default_rng([seed, 7919])
         num_fields = len(vocab_sizes)
         # float32 tables: the gathers below dominate generation time
@@ -84,14 +118,44 @@ class PlantedModel:
         all_pairs = [(a, b) for a in range(num_fields) for b in range(a + 1, num_fields)]
         chosen = rng.choice(len(all_pairs), size=min(len(all_pairs), max(2, num_fields * 2 // 3)), replace=False)
         pairs = [all_pairs[i] for i in sorted(chosen)]
-        return cls(weights, latents, pairs, bias, 1.6 / np.sqrt(rank * len(pairs)))
+        if signal == "pairwise" or num_fields < 3:
+            return cls(weights, latents, pairs, bias, INTERACTION_SD / np.sqrt(rank * len(pairs)))
+        trng = np.random.default_rng([seed, 7919, 3])  # its own stream: the pairwise tables stay as they were
+        triple_latents = [trng.standard_normal((v, rank)).astype(np.float32) for v in vocab_sizes]
+        n_triples = min(math.comb(num_fields, 3), max(2, num_fields // 3))
+        triples: set[tuple[int, int, int]] = set()
+        while len(triples) < n_triples:
+            a, b, c = sorted(int(f) for f in trng.choice(num_fields, size=3, replace=False))
+            triples.add((a, b, c))
+        pair_sd = INTERACTION_SD * np.sqrt(1.0 - higher_order_share)
+        triple_sd = INTERACTION_SD * np.sqrt(higher_order_share)
+        return cls(weights, latents, pairs, bias, pair_sd / np.sqrt(rank * len(pairs)),
+                   triple_latents, sorted(triples), triple_sd / np.sqrt(rank * n_triples))
+
+    def _add_pairwise(self, out: np.ndarray, idx: list[np.ndarray]) -> np.ndarray:
+        for a, b in self.pairs:
+            out += np.float32(self.pair_scale) * np.einsum("nk,nk->n", self.latents[a][idx[a]], self.latents[b][idx[b]])
+        return out
+
+    def pairwise_logits(self, idx: list[np.ndarray]) -> np.ndarray:
+        """The pairwise interaction part alone, [N] float32."""
+        return self._add_pairwise(np.zeros(idx[0].shape[0], dtype=np.float32), idx)
+
+    def higher_order_logits(self, idx: list[np.ndarray]) -> np.ndarray:
+        """The third-order part alone, [N] float32 (zeros for the pairwise signal)."""
+        out = np.zeros(idx[0].shape[0], dtype=np.float32)
+        u = self.triple_latents
+        for a, b, c in self.triples:
+            out += np.float32(self.triple_scale) * (u[a][idx[a]] * u[b][idx[b]] * u[c][idx[c]]).sum(axis=1)
+        return out
 
     def logits(self, idx: list[np.ndarray]) -> np.ndarray:
         out = np.full(idx[0].shape[0], self.bias, dtype=np.float32)
         for f, x in enumerate(idx):
             out += self.weights[f][x]
-        for a, b in self.pairs:
-            out += np.float32(self.pair_scale) * np.einsum("nk,nk->n", self.latents[a][idx[a]], self.latents[b][idx[b]])
+        self._add_pairwise(out, idx)
+        if self.triples:
+            out += self.higher_order_logits(idx)
         return out.astype(np.float64)
 
 
@@ -171,11 +235,11 @@ def criteo_bucket(values: np.ndarray) -> np.ndarray:
     return out.astype(np.int64)
 
 
-def write_criteo(path: str | Path, rows: int, seed: int = 0, progress: bool = False) -> float:
+def write_criteo(path: str | Path, rows: int, seed: int = 0, progress: bool = False, signal: str = "pairwise") -> float:
     """Writes a Criteo TSV (label, I1..I13, C1..C26, no header); returns the planted AUC."""
     vrng = np.random.default_rng([seed, 1])
     vocabs = [_hex_vocab(vrng, v) for v in CRITEO_CAT_VOCAB]
-    model = PlantedModel.make([CRITEO_NUM_VOCAB] * 13 + CRITEO_CAT_VOCAB, seed, bias=-1.3)
+    model = PlantedModel.make([CRITEO_NUM_VOCAB] * 13 + CRITEO_CAT_VOCAB, seed, bias=-1.3, signal=signal)
     mu = vrng.uniform(0.5, 5.0, size=13)
     sigma = vrng.uniform(0.8, 2.0, size=13)
 
@@ -216,7 +280,7 @@ AVAZU_FIELDS = [
 ]
 
 
-def write_avazu(path: str | Path, rows: int, seed: int = 0, progress: bool = False) -> float:
+def write_avazu(path: str | Path, rows: int, seed: int = 0, progress: bool = False, signal: str = "pairwise") -> float:
     """Writes an Avazu CSV (header ``id,click,hour,...,C21``; hour = YYMMDDHH); returns the planted AUC."""
     vrng = np.random.default_rng([seed, 2])
     vocabs: list[pa.Array | np.ndarray] = []
@@ -228,7 +292,7 @@ def write_avazu(path: str | Path, rows: int, seed: int = 0, progress: bool = Fal
         else:
             vocabs.append(_int_vocab(vrng, v, 100_000))
     # planted fields: 21 raw fields, hour-of-day (24), weekday (7), is-weekend (2)
-    model = PlantedModel.make([v for _, _, v in AVAZU_FIELDS] + [24, 7, 2], seed, bias=-1.6)
+    model = PlantedModel.make([v for _, _, v in AVAZU_FIELDS] + [24, 7, 2], seed, bias=-1.6, signal=signal)
     days = np.array([(AVAZU_START + _dt.timedelta(days=d)) for d in range(10)])
     day_codes = np.array([int(d.strftime("%y%m%d")) for d in days], dtype=np.int64)
     day_weekday = np.array([d.weekday() for d in days], dtype=np.int64)
@@ -262,13 +326,13 @@ KDD12_FIELDS = [  # (name, vocab) for the 11 feature columns, Impression first
 ]
 
 
-def write_kdd12(path: str | Path, rows: int, seed: int = 0, progress: bool = False) -> float:
+def write_kdd12(path: str | Path, rows: int, seed: int = 0, progress: bool = False, signal: str = "pairwise") -> float:
     """Writes a KDD Cup 2012 Track 2 ``training.txt`` (12 TSV columns); returns the planted AUC
     of P(Click > 0), the converter's label."""
     vrng = np.random.default_rng([seed, 3])
     vocabs = [_int_vocab(vrng, v, 10_000_000) for _, v in KDD12_FIELDS]
     vocabs[0] = np.arange(1, 7)
-    model = PlantedModel.make([v for _, v in KDD12_FIELDS], seed, bias=-2.5)
+    model = PlantedModel.make([v for _, v in KDD12_FIELDS], seed, bias=-2.5, signal=signal)
 
     def make_batch(rng: np.random.Generator, n: int, start: int) -> tuple[list[pa.Array], np.ndarray, np.ndarray]:
         idx = [zipf_ranks(rng, v, n) for _, v in KDD12_FIELDS]
@@ -289,8 +353,16 @@ def write_kdd12(path: str | Path, rows: int, seed: int = 0, progress: bool = Fal
 WRITERS: dict[str, Callable[..., float]] = {"criteo": write_criteo, "avazu": write_avazu, "kdd12": write_kdd12}
 
 
-def write(dataset: str, path: str | Path, rows: int, seed: int = 0, progress: bool = False) -> float:
-    """Writes ``rows`` synthetic rows of ``dataset`` to ``path`` (gzip if it ends in .gz)."""
+def write(
+    dataset: str, path: str | Path, rows: int, seed: int = 0, progress: bool = False, signal: str = "pairwise"
+) -> float:
+    """Writes ``rows`` synthetic rows of ``dataset`` to ``path`` (gzip if it ends in .gz); returns the
+    planted AUC.  ``signal``: ``"pairwise"`` (the default) or ``"higher-order"`` (PlantedModel).
+
+    Example::
+
+        write("criteo", "data/raw/criteo.tsv.gz", 2_000_000, seed=0, signal="higher-order")
+    """
     if dataset not in WRITERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
-    return WRITERS[dataset](path, rows, seed, progress=progress)
+    return WRITERS[dataset](path, rows, seed, progress=progress, signal=signal)
