@@ -17,8 +17,13 @@ from __future__ import annotations
 import sys
 import time
 
-from recsys.cli import parser_with_examples
+from recsys.cli import parser_with_examples, run_main
 from recsys.data.synth import DATASETS, SIGNALS, write
+from recsys.errors import UserError
+
+
+class SynthesizeError(UserError, OSError):
+    """The output cannot be written (a directory, no permission, a full disk): one line."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,17 +41,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.rows < 0:
         p.error("--rows must be >= 0")
-    t = time.perf_counter()
-    try:
-        planted_auc = write(args.dataset, args.output, args.rows, args.seed, progress=not args.no_progress,
-                            signal=args.signal)
-    except OSError as e:
-        print(f"synthesize: error: {args.output}: {e.strerror or e}", file=sys.stderr)
-        return 2
-    dt = time.perf_counter() - t
-    print(f"wrote {args.rows:,} {args.dataset} rows ({args.signal} signal) to {args.output} in {dt:.1f}s "
-          f"({args.rows / max(dt, 1e-9):,.0f} rows/s); planted model AUC (ceiling) = {planted_auc:.4f}")
-    return 0
+
+    def body() -> int:
+        t = time.perf_counter()
+        try:
+            planted_auc = write(args.dataset, args.output, args.rows, args.seed, progress=not args.no_progress,
+                                signal=args.signal)
+        except OSError as e:
+            raise SynthesizeError(f"{args.output}: {e.strerror or e}") from None
+        dt = time.perf_counter() - t
+        print(f"wrote {args.rows:,} {args.dataset} rows ({args.signal} signal) to {args.output} in {dt:.1f}s "
+              f"({args.rows / max(dt, 1e-9):,.0f} rows/s); planted model AUC (ceiling) = {planted_auc:.4f}")
+        return 0
+
+    return run_main("synthesize", body)
 
 
 if __name__ == "__main__":

@@ -146,3 +146,7 @@ def test_cli_prints_ceiling(tmp_path: Path) -> None:
                         "--output", str(tmp_path / "a.csv"), "--no-progress", "--signal", "higher-order"],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and "(higher-order signal)" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "data_prep/synthesize.py", "--dataset", "kdd12", "--rows", "10",
+                        "--output", str(tmp_path), "--no-progress"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith(f"synthesize: error: {tmp_path}: "), r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
