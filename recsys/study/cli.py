@@ -33,9 +33,17 @@ from recsys.data.schema import Schema
 from recsys.study.configs import TrainSettings
 from recsys.study.cost import measure_budgets
 from recsys.study.plan import DEFAULT_BASE, DEFAULT_HETERO, DEFAULT_KNOBS, build_plan, short_spec
-from recsys.study.report import build_rows, plot_rows, table_markdown, verdict_lines
+from recsys.study.paired import ALPHA, gain_threshold
+from recsys.study.report import (
+    build_rows,
+    latency_verdict_lines,
+    plot_diversity,
+    plot_rows,
+    table_markdown,
+    verdict_lines,
+)
 from recsys.study.run import ROOT, ensure_data, train_run
-from recsys.study.score import arm_scores
+from recsys.study.score import arm_scores, load_test_logits
 
 PROG = "tts_vs_params"  # the prefix of every line the study prints (and the name of its outputs)
 
@@ -138,10 +146,11 @@ def _study(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
 
+    logits = load_test_logits(arms, Path(args.log_dir))  # refuses runs scored on different test rows
     budgets = measure_budgets(arms, schema, args.latency_batch, args.latency_repeats, args.latency_threads)
-    rows = build_rows(arms, scores, budgets)
+    rows = build_rows(arms, scores, budgets, logits)
     table = table_markdown(rows)
-    verdict = verdict_lines(rows)
+    verdict = verdict_lines(rows) + latency_verdict_lines(rows)
     total = time.perf_counter() - start
     header = (f"data {data} ({schema.dataset}), epochs {args.epochs}, patience {args.patience}, batch "
               f"{args.batch_size}, config seed {args.seed}, latency at batch {args.latency_batch} on "
@@ -150,14 +159,20 @@ def _study(args: argparse.Namespace) -> int:
                                           + "\n".join(f"- {v}" for v in verdict + notes) + "\n")
     (work / "tts_vs_params.json").write_text(json.dumps(
         {"settings": dataclasses.asdict(settings), "base": args.base, "run_seconds": seconds, "notes": notes,
+         "significance": {"test": "DeLong, paired, replica r against replica r (replica 0 quoted)",
+                          "alpha": ALPHA, "auc_gain_threshold": gain_threshold()},
          "rows": [r.to_dict() for r in rows]}, indent=2))
     plot_rows(rows, Path(args.plot), f"{schema.dataset}: ensemble vs FLOP-matched single models")
+    div_plot = Path(args.plot).with_name(Path(args.plot).stem + "_diversity.png")
+    wrote = [str(work / "tts_vs_params.md"), str(work / "tts_vs_params.json"), str(args.plot)]
+    if plot_diversity(rows, div_plot, f"{schema.dataset}: ensemble AUC gain vs member diversity"):
+        wrote.append(str(div_plot))
     print(header)
     print()
     print(table)
     print()
     print("\n".join(verdict + notes))
-    print(f"\n{PROG}: wrote {work / 'tts_vs_params.md'}, {work / 'tts_vs_params.json'}, {args.plot}")
+    print(f"\n{PROG}: wrote {', '.join(wrote)}")
     return 0
 
 

@@ -1,14 +1,23 @@
-"""Test AUC / logloss of each arm's replicas, read back from the runs ``train_group.py`` wrote.
+"""Test AUC / logloss / NE / calibration of each arm's replicas, read back from the runs
+``train_group.py`` wrote, and every replica's member test logits for the paired tests and the
+diversity numbers.
 
 A single member, a whole group or a whole run is read from ``runs/<name>/results.json``;
 any other subset of a run's members (the M-member ensembles cut out of independently trained
 members) is merged from ``runs/<name>/logits_test.pt`` (member logits [N, M], labels [N]) as
 the evaluator merges: the arithmetic mean of the logits.
 
+Why ``load_test_logits`` checks the labels: a paired test (DeLong) is only valid when both arms
+scored the same rows in the same order.  Every run of a study reads the same data dir and
+test split, so their label vectors must be equal; when they are not (``--reuse`` picked up a
+run trained on other data) the study refuses with one line instead of pairing unrelated rows.
+
 Example::
 
     scores = arm_scores(arm, Path("runs"))    # one Score per replica
     [s.auc for s in scores]                   # e.g. [0.7906, 0.7903]
+    logits = load_test_logits(arms, Path("runs"))  # one ArmLogits (or None) per arm
+    logits[0].merged(0)                       # replica 0's ensemble logit [N]
 """
 from __future__ import annotations
 
@@ -32,10 +41,39 @@ class LogitsMissing(UserError, ValueError):
     """A replica needs a merge of member logits, and the run saved none."""
 
 
+class TestRowsDiffer(UserError, ValueError):
+    """Two runs of the study were scored on different test rows (their labels differ)."""
+
+    __test__ = False  # not a pytest class, despite the name
+
+
 @dataclass
 class Score:
+    """One replica's test metrics; NE and calibration are NaN when read from a results.json
+    written before they existed."""
+
     auc: float
     logloss: float
+    ne: float = float("nan")
+    calibration: float = float("nan")
+
+    @classmethod
+    def of_json(cls, d: dict[str, Any]) -> Score:
+        """From a results.json entry (null, as NaN is written there, reads as NaN)."""
+        get = lambda k: float("nan") if d.get(k) is None else float(d[k])  # noqa: E731
+        return cls(get("auc"), get("logloss"), get("ne"), get("calibration"))
+
+
+@dataclass
+class ArmLogits:
+    """The test labels [N] and, per replica, its members' test logits [N, m] (float32, CPU)."""
+
+    labels: torch.Tensor
+    replicas: list[torch.Tensor]
+
+    def merged(self, replica: int = 0) -> torch.Tensor:
+        """Replica ``replica``'s ensemble logit [N]: the mean of its member logits, in float64."""
+        return self.replicas[replica].double().mean(dim=1)
 
 
 def _load_logits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -59,20 +97,19 @@ def replica_score(
     """
     rep = sorted(replica)
     if len(rep) == 1:
-        m = results["members"][rep[0]]
-        return Score(m["auc"], m["logloss"])
+        return Score.of_json(results["members"][rep[0]])
     for g in results.get("groups", []):
         if sorted(g["members"]) == rep:
-            return Score(g["auc"], g["logloss"])
+            return Score.of_json(g)
     if rep == list(range(len(results["members"]))):
-        return Score(results["ensemble"]["auc"], results["ensemble"]["logloss"])
+        return Score.of_json(results["ensemble"])
     if logits is None:
         raise LogitsMissing(f"members {rep} are no group of the run, and its logits_test.pt is missing")
-    from recsys.eval.metrics import auc_score, logloss_score  # lazy: numpy; `import recsys.study` stays light
+    from recsys.eval.metrics import Metrics  # lazy: numpy; `import recsys.study` stays light
 
     member_logits, labels = logits
-    merged = member_logits[:, rep].double().mean(dim=1)
-    return Score(auc_score(merged, labels), logloss_score(merged, labels))
+    x = Metrics.of(member_logits[:, rep].double().mean(dim=1), labels)
+    return Score(x.auc, x.logloss, x.ne, x.calibration)
 
 
 def arm_scores(arm: Arm, log_dir: Path) -> list[Score]:
@@ -87,3 +124,38 @@ def arm_scores(arm: Arm, log_dir: Path) -> list[Score]:
                       for r in arm.replicas)
     logits = _load_logits(run_dir) if need_logits else None
     return [replica_score(results, r, logits) for r in arm.replicas]
+
+
+def _label_mismatch(a: torch.Tensor, b: torch.Tensor) -> str | None:
+    """Why label vectors a [N] and b [N'] are not the same rows, or None when they are equal."""
+    if a.numel() != b.numel():
+        return f"{a.numel()} vs {b.numel()} test rows"
+    differ = int((a.reshape(-1).double() != b.reshape(-1).double()).sum())
+    return f"labels differ at {differ} of {a.numel()} rows" if differ else None
+
+
+def load_test_logits(arms: Sequence[Arm], log_dir: Path) -> list[ArmLogits | None]:
+    """Each arm's ``ArmLogits`` (None when its run saved no logits_test.pt), each run read once.
+
+    Raises ``TestRowsDiffer`` when two runs' test labels differ (count or values): a paired
+    test needs the same rows in the same order in every arm.
+    """
+    loaded: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
+    first: tuple[str, torch.Tensor] | None = None
+    for arm in arms:
+        if arm.run in loaded:
+            continue
+        got = loaded[arm.run] = _load_logits(log_dir / arm.run)
+        if got is None:
+            continue
+        if first is None:
+            first = (arm.run, got[1])
+        elif (why := _label_mismatch(first[1], got[1])) is not None:
+            raise TestRowsDiffer(
+                f"runs {first[0]} and {arm.run} were scored on different test rows ({why}); paired tests need "
+                f"one data dir and split for every run: retrain without --reuse")
+    out: list[ArmLogits | None] = []
+    for arm in arms:
+        got = loaded[arm.run]
+        out.append(None if got is None else ArmLogits(got[1], [got[0][:, sorted(r)] for r in arm.replicas]))
+    return out
