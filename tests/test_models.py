@@ -182,7 +182,7 @@ def test_embedding_init_schemes(name: str) -> None:
     for w in xavier:  # uniform on +-sqrt(6 / (rows + dim))
         bound = (6 / (w.shape[0] + w.shape[1])) ** 0.5
         assert w.abs().max().item() <= bound and w.abs().max().item() > 0.9 * bound
-    with pytest.raises(SpecError, match="embedding_init must be one of normal, xavier, got 'zeros'"):
+    with pytest.raises(SpecError, match="embedding_init must be one of normal, xavier, xavier_global, got 'zeros'"):
         build_member(f"{name}:embedding_init=zeros", schema)
     with pytest.raises(SpecError, match="embedding_init_std must be > 0"):
         build_member(f"{name}:embedding_init=normal,embedding_init_std=0", schema)

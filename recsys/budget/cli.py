@@ -41,10 +41,14 @@ def _parser() -> argparse.ArgumentParser:
   python -m recsys.budget --schema data/criteo --members "dcnv2:seed=1,cross_layers=4;dcnv2:seed=2" --batch-size 4096
   python -m recsys.budget --schema data/criteo --members "dcnv2:seed=1,dcnv2:seed=2" --no-latency \\
       --match mlp_width --base dcnv2        # a single DCNv2 with the ensemble's FLOPs
+  python -m recsys.budget --schema data/criteo --no-latency --exact \
+      --members "rankmixer:preset=tts4ctr;dcnv2:preset=tts4ctr"   # the official models, exact counts
 
 Members are separated by ',' (a 'key=value' item belongs to the spec before it) or ';'.
 Latency: median of --repeats forwards after --warmup, eval mode, random ids; the total
 row times one forward of all members together (one EnsembleGroup).
+A spec with preset=tts4ctr is resolved against the schema first (recsys.models.preset):
+it builds the official TTS4CTR model for this data (docs/preset.md).
 """,
     )
     p.add_argument("--schema", required=True, help="meta.json, or the data directory holding it")
@@ -53,6 +57,7 @@ row times one forward of all members together (one EnsembleGroup).
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-latency", action="store_true", help="skip latency measurement")
+    p.add_argument("--exact", action="store_true", help="print counts as exact integers (default: 1.30M style)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (latency only)")
     p.add_argument("--match", metavar="KNOB", help="also find the KNOB (mlp_width, cross_layers, layers, ...) "
                    "of --base whose FLOPs match the ensemble's")
@@ -92,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"# Inference budget: {schema.dataset}, {schema.num_sparse} sparse + {schema.num_dense} dense features"
           + (f", latency at batch {bs} on {args.device}" if bs else ""))
     print()
-    print(budget_table(rows, total_latency))
+    print(budget_table(rows, total_latency, exact=args.exact))
     if args.match:
         target = sum(r.flops_per_example for r in rows)
         m = _user_errors(lambda: match_flops(args.base or specs[0], args.match, target, schema))

@@ -23,6 +23,7 @@ import torch
 
 from recsys.data.schema import Schema, SparseFeature
 from recsys.errors import UserError
+from recsys.models.preset import resolve_spec
 from recsys.models.registry import MODELS, build_member
 from recsys.models.spec import MemberConfig, SpecError, parse_spec
 
@@ -112,7 +113,9 @@ def match_flops(
     """
     if target_flops <= 0:
         raise MatchError(f"match_flops: target_flops must be positive, got {target_flops}")
-    model, cfg = parse_spec(base_spec, {k: v.config for k, v in MODELS.items()})
+    # A preset is resolved first, so the search scales the preset's values (the matched spec
+    # keeps preset=..., and resolving it again changes nothing it sets).
+    model, cfg = parse_spec(resolve_spec(base_spec, schema), {k: v.config for k, v in MODELS.items()})
     hints = typing.get_type_hints(type(cfg))
     fields = [f.name for f in dataclasses.fields(cfg)]
     field_name = _KNOB_ALIASES.get(knob, knob) if _KNOB_ALIASES.get(knob) in fields else knob

@@ -48,8 +48,13 @@ def human(n: float) -> str:
     return f"{n:.0f}"
 
 
-def budget_table(rows: Sequence[MemberBudget], total_latency_ms: float | None = None) -> str:
-    """A markdown table with one row per member and a total row for the ensemble."""
+def budget_table(rows: Sequence[MemberBudget], total_latency_ms: float | None = None, exact: bool = False) -> str:
+    """A markdown table with one row per member and a total row for the ensemble.
+
+    ``exact``: counts as exact integers (``1,296,385``) instead of ``human`` ones
+    (``1.30M``), e.g. to compare dense parameter counts with the official code's.
+    """
+    fmt = (lambda n: f"{n:,}") if exact else human
     head = "| member | spec | dense params | emb params | FLOPs/ex | emb bytes/ex | latency ms |"
     lines = [head, "|---|---|---:|---:|---:|---:|---:|"]
 
@@ -58,12 +63,12 @@ def budget_table(rows: Sequence[MemberBudget], total_latency_ms: float | None = 
 
     for r in rows:
         lines.append(
-            f"| {r.name} | {r.spec} | {human(r.dense_params)} | {human(r.embedding_params)} | "
-            f"{human(r.flops_per_example)} | {r.embedding_bytes_per_example:,} | {lat(r.latency_ms)} |"
+            f"| {r.name} | {r.spec} | {fmt(r.dense_params)} | {fmt(r.embedding_params)} | "
+            f"{fmt(r.flops_per_example)} | {r.embedding_bytes_per_example:,} | {lat(r.latency_ms)} |"
         )
     lines.append(
-        f"| **total** | {len(rows)} members | {human(sum(r.dense_params for r in rows))} | "
-        f"{human(sum(r.embedding_params for r in rows))} | {human(sum(r.flops_per_example for r in rows))} | "
+        f"| **total** | {len(rows)} members | {fmt(sum(r.dense_params for r in rows))} | "
+        f"{fmt(sum(r.embedding_params for r in rows))} | {fmt(sum(r.flops_per_example for r in rows))} | "
         f"{sum(r.embedding_bytes_per_example for r in rows):,} | {lat(total_latency_ms)} |"
     )
     return "\n".join(lines)

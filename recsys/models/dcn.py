@@ -21,8 +21,13 @@ __all__ = ["DCNConfig", "ParallelCrossInteraction", "build_cross_member", "build
 
 @dataclass
 class DCNConfig(MemberConfig):
+    """``head_bias``: whether the final linear on [cross, MLP] has a bias.  Ours has one (it
+    is the logit's offset, which nothing else in the member supplies); the official
+    ``combination`` layer has ``bias=False``, which the tts4ctr preset sets."""
+
     mlp: tuple[int, ...] = (1024, 512, 256)
     cross_layers: int = 3
+    head_bias: bool = True
 
     def __post_init__(self) -> None:
         check_layer_sizes(mlp=self.mlp)
@@ -49,7 +54,7 @@ def build_cross_member(
         cross, cross_flops = make_cross(tokens * dim)
         return ParallelCrossInteraction(cross, cross_flops, tokens, dim, cfg.mlp, cfg.dropout)
 
-    return compose_member(model, cfg, schema, name, interaction, head=())  # one linear -> logit
+    return compose_member(model, cfg, schema, name, interaction, head=(), head_bias=cfg.head_bias)  # one linear
 
 
 def build_dcn(cfg: DCNConfig, schema: Schema, name: str) -> Member:

@@ -190,5 +190,5 @@ def build_dmoe(cfg: DMoEConfig, schema: Schema, name: str) -> Member:
         aux = member.auxiliary_loss()      # scalar tensor after a training forward
     """
     E = len(cfg.expert_kinds())
-    interaction = DMoEInteraction(num_tokens(schema), cfg.embedding_dim, cfg)
+    interaction = DMoEInteraction(num_tokens(schema), cfg.width, cfg)
     return build_multi_set_member(DMoEMember, "dmoe", cfg, schema, name, E, interaction, cfg.mlp)

@@ -39,7 +39,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from recsys.data.schema import Schema
 
 BLOCK_ROWS = 4096  # rows per generator; fixed forever: changing it changes every init
-EMBEDDING_INITS = ("normal", "xavier")
+EMBEDDING_INITS = ("normal", "xavier", "xavier_global")
 
 
 def _block_seed(seed: int, key: str, block: int) -> int:
@@ -51,7 +51,15 @@ def _block_seed(seed: int, key: str, block: int) -> int:
 @dataclass(frozen=True)
 class TableInit:
     """How one table is initialized: ``xavier`` (uniform, bound sqrt(6 / (rows + dim)), as
-    ``nn.init.xavier_uniform_`` on a [rows, dim] weight) or ``normal`` (N(0, std^2))."""
+    ``nn.init.xavier_uniform_`` on a [rows, dim] weight), ``xavier_global`` (uniform, bound
+    sqrt(6 / (fan_rows + fan_dim))) or ``normal`` (N(0, std^2)).
+
+    ``xavier_global`` is the official TTS4CTR init: its members hold ONE table of every
+    field's rows and draw it with ``xavier_uniform_``, so the bound is set by the total rows
+    (about 0.009 on Criteo-sized vocabularies); ``make_ebc`` passes ``fan_rows`` = the rows of
+    all the member's fields and ``fan_dim`` = the width the model sees.  The values are still
+    drawn per table and block, so they stay a pure function of (seed, table, row, column).
+    """
 
     key: str
     num_embeddings: int
@@ -59,6 +67,8 @@ class TableInit:
     seed: int
     scheme: str = "xavier"
     std: float = 1e-4
+    fan_rows: int = 0  # xavier_global's rows; 0 = num_embeddings
+    fan_dim: int = 0  # xavier_global's dim; 0 = dim
 
     def __post_init__(self) -> None:
         if self.scheme not in EMBEDDING_INITS:
@@ -71,8 +81,8 @@ class TableInit:
         generator is the same scalar code everywhere."""
         rows = min(BLOCK_ROWS, self.num_embeddings - b * BLOCK_ROWS)
         rng = np.random.Generator(np.random.PCG64(_block_seed(self.seed, self.key, b)))
-        if self.scheme == "xavier":
-            bound = np.float32(math.sqrt(6.0 / (self.num_embeddings + self.dim)))
+        if self.scheme in ("xavier", "xavier_global"):
+            bound = np.float32(self.bound)
             vals = rng.random(size=(rows, self.dim), dtype=np.float32)  # [0, 1)
             vals *= np.float32(2.0) * bound  # separate, correctly rounded ops: exact on every ISA
             vals -= bound
@@ -81,6 +91,13 @@ class TableInit:
             vals *= np.float32(self.std)
         # explicit CPU: a meta device context (recsys.budget) must not apply here
         return torch.from_numpy(vals).to("cpu")
+
+    @property
+    def bound(self) -> float:
+        """The uniform schemes' bound (what ``xavier_uniform_`` would use on the fan's weight)."""
+        if self.scheme == "xavier_global":
+            return math.sqrt(6.0 / ((self.fan_rows or self.num_embeddings) + (self.fan_dim or self.dim)))
+        return math.sqrt(6.0 / (self.num_embeddings + self.dim))
 
     def values(self, row_start: int, row_stop: int, col_start: int = 0, col_stop: int | None = None) -> torch.Tensor:
         """Rows [row_start, row_stop) x columns [col_start, col_stop) of the table: [rows, cols] f32."""
@@ -127,6 +144,7 @@ def make_ebc(
     init: str = "xavier",  # as MemberConfig.embedding_init; "normal" draws N(0, init_std^2)
     init_std: float = 1e-4,
     seed: int = 0,
+    model_dim: int = 0,  # the width the model sees (MemberConfig.model_dim): xavier_global's fan
 ) -> EmbeddingBagCollection:
     """The member's own EBC, on the ``meta`` device: one table per field, named ``<member>__<field>``.
 
@@ -161,8 +179,13 @@ def make_ebc(
         for f in schema.sparse_features
     ]
     ebc = EmbeddingBagCollection(tables=tables, device=torch.device("meta"))
+    # xavier_global: the rows of one official table, i.e. of every field once (a multi-set
+    # member has num_sets such tables, each at the official scale).
+    fan_rows = sum(f.num_embeddings for f in schema.sparse_features) if init == "xavier_global" else 0
+    fan_dim = model_dim if init == "xavier_global" else 0
     ebc.table_inits = {
-        t.name: TableInit(t.name[len(member) + 2:], t.num_embeddings, t.embedding_dim, seed, init, init_std)
+        t.name: TableInit(t.name[len(member) + 2:], t.num_embeddings, t.embedding_dim, seed, init, init_std,
+                          fan_rows, fan_dim)
         for t in tables
     }
     return ebc

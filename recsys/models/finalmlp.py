@@ -28,6 +28,13 @@ class FinalMLPConfig(MemberConfig):
     is the gate MLP's hidden width (0: a single linear layer).  ``num_heads``
     splits both stream outputs into heads for the bilinear aggregation (the
     reference uses 1); it must divide both streams' last widths.
+
+    ``gating`` is on by default: gating is what the FinalMLP paper adds to two plain MLPs,
+    and it costs little.  The official TTS4CTR FinalMLP has no gating (the tts4ctr preset
+    turns it off).  ``stream_biases``: the official aggregation has one linear term per
+    stream, each with its own bias (two biases that add up to one constant); ours has one
+    linear over both streams and one bias.  Same model, one parameter apart; the preset
+    sets it for exact parity of parameter counts.
     """
 
     mlp: tuple[int, ...] = (1024, 512, 256)
@@ -35,6 +42,7 @@ class FinalMLPConfig(MemberConfig):
     num_heads: int = 1
     gating: bool = True
     gate_hidden: int = 64
+    stream_biases: bool = False
 
     def __post_init__(self) -> None:
         check_layer_sizes(mlp=self.mlp, mlp2=self.mlp2)
@@ -74,13 +82,16 @@ class FinalMLPInteraction(nn.Module):
         gating: bool = True,
         gate_hidden: int = 64,
         dropout: float = 0.0,
+        stream_biases: bool = False,
     ) -> None:
         super().__init__()
         self.gate1 = FeatureGate(num_tokens, dim, gate_hidden) if gating else None
         self.gate2 = FeatureGate(num_tokens, dim, gate_hidden) if gating else None
         self.stream1 = MLP(num_tokens * dim, mlp1, dropout)
         self.stream2 = MLP(num_tokens * dim, mlp2, dropout)
-        self.aggregate = BilinearAggregation(self.stream1.out_features, self.stream2.out_features, num_heads)
+        self.aggregate = BilinearAggregation(
+            self.stream1.out_features, self.stream2.out_features, num_heads, stream_biases
+        )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x1 = self.gate1(tokens) if self.gate1 is not None else tokens.flatten(1)  # [B, T*D]
@@ -102,7 +113,8 @@ def build_finalmlp(cfg: FinalMLPConfig, schema: Schema, name: str) -> Member:
     return compose_member(
         "finalmlp", cfg, schema, name,
         lambda t, d: FinalMLPInteraction(
-            t, d, cfg.mlp, cfg.stream2, cfg.num_heads, cfg.gating, cfg.gate_hidden, cfg.dropout
+            t, d, cfg.mlp, cfg.stream2, cfg.num_heads, cfg.gating, cfg.gate_hidden, cfg.dropout,
+            cfg.stream_biases,
         ),
         head=None,
     )

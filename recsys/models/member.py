@@ -106,7 +106,8 @@ def member_arches(
     name: str, schema: Schema, cfg: MemberConfig
 ) -> tuple[SparseArch, DenseArch | None]:
     """The parts every builder shares: the member's own EBC and, if the schema has
-    dense features, the DenseArch that turns them into one more token.
+    dense features, the DenseArch that turns them into one more token.  Tables are stored at
+    ``cfg.embedding_dim`` columns; both arches give tokens of ``cfg.width`` (``model_dim``).
 
     Example::
 
@@ -114,9 +115,9 @@ def member_arches(
         member = Member("m0", "ipnn", sparse_arch, interaction, over_arch, dense_arch)
     """
     ebc = make_ebc(name, schema, cfg.embedding_dim, init=cfg.embedding_init, init_std=cfg.embedding_init_std,
-                   seed=cfg.seed)
-    sparse_arch = SparseArch(ebc, schema.sparse_names)
-    dense_arch = DenseArch(schema.num_dense, cfg.embedding_dim) if schema.num_dense else None
+                   seed=cfg.seed, model_dim=cfg.width)
+    sparse_arch = SparseArch(ebc, schema.sparse_names, cfg.width)  # [B, F, cfg.width]
+    dense_arch = DenseArch(schema.num_dense, cfg.width) if schema.num_dense else None
     return sparse_arch, dense_arch
 
 
@@ -129,10 +130,12 @@ def assemble_member(
     dense_arch: DenseArch | None,
     interaction: Interaction,
     head: Sequence[int] | None,
+    head_bias: bool = True,
 ) -> MemberT:
     """The member from its built arches and interaction, plus an ``OverArch`` with MLP
     ``head`` on the interaction's ``output_dim`` (``head=()``: one linear layer; ``None``:
-    no over arch, the interaction returns the logit).  The over arch is built last, so
+    no over arch, the interaction returns the logit; ``head_bias=False``: its last linear has
+    no bias, as the official DCN's).  The over arch is built last, so
     the seeded RNG draws its weights after the other parts'.
 
     Example::
@@ -141,7 +144,7 @@ def assemble_member(
         member = assemble_member(Member, "ipnn", cfg, "m0", sparse_arch, dense_arch,
                                  InnerProductInteraction(6, 16), head=(256, 128))
     """
-    over_arch = None if head is None else OverArch(interaction.output_dim, head, cfg.dropout)
+    over_arch = None if head is None else OverArch(interaction.output_dim, head, cfg.dropout, head_bias)
     return member_cls(
         name=name,
         spec=model,
@@ -159,9 +162,11 @@ def compose_member(
     name: str,
     make_interaction: Callable[[int, int], Interaction],
     head: Sequence[int] | None,
+    head_bias: bool = True,
 ) -> Member:
     """A one-embedding-set member: ``member_arches``, then ``make_interaction(T, D)`` on the
-    T tokens of width D = ``cfg.embedding_dim``, then the over arch (see ``assemble_member``).
+    T tokens of width D = ``cfg.width`` (``model_dim``, else ``embedding_dim``), then the over
+    arch (see ``assemble_member``).
 
     Example::
 
@@ -169,5 +174,5 @@ def compose_member(
         logits = member(dense, kjt)   # [B]
     """
     sparse_arch, dense_arch = member_arches(name, schema, cfg)
-    interaction = make_interaction(num_tokens(schema), cfg.embedding_dim)
-    return assemble_member(Member, model, cfg, name, sparse_arch, dense_arch, interaction, head)
+    interaction = make_interaction(num_tokens(schema), cfg.width)
+    return assemble_member(Member, model, cfg, name, sparse_arch, dense_arch, interaction, head, head_bias)

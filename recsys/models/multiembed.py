@@ -96,9 +96,9 @@ def build_multi_set_member(
         member = build_multi_set_member(MultiSetMember, "multiembed", cfg, schema, "me0", 3, interaction, (256,))
     """
     ebc = make_ebc(name, schema, cfg.embedding_dim, num_sets=num_sets, init=cfg.embedding_init,
-                   init_std=cfg.embedding_init_std, seed=cfg.seed)
-    sparse_arch = MultiSetSparseArch(ebc, num_sets)
-    dense_arch = DenseArch(schema.num_dense, num_sets * cfg.embedding_dim) if schema.num_dense else None
+                   init_std=cfg.embedding_init_std, seed=cfg.seed, model_dim=cfg.width)
+    sparse_arch = MultiSetSparseArch(ebc, num_sets, cfg.width)  # [B, M, F, cfg.width]
+    dense_arch = DenseArch(schema.num_dense, num_sets * cfg.width) if schema.num_dense else None
     return assemble_member(member_cls, model, cfg, name, sparse_arch, dense_arch, interaction, mlp)
 
 
@@ -131,5 +131,5 @@ def build_multiembed(cfg: MultiEmbedConfig, schema: Schema, name: str) -> Member
         logits = member(dense, kjt)   # [B]
     """
     M = cfg.num_embeddings_sets
-    interaction = MultiEmbedInteraction(M, num_tokens(schema), cfg.embedding_dim, cfg.cross_layers)
+    interaction = MultiEmbedInteraction(M, num_tokens(schema), cfg.width, cfg.cross_layers)
     return build_multi_set_member(MultiSetMember, "multiembed", cfg, schema, name, M, interaction, cfg.mlp)

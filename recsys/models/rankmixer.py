@@ -26,7 +26,7 @@ from recsys.data.schema import Schema
 from recsys.models.member import Member, compose_member
 from recsys.models.protocols import total_flops
 from recsys.models.spec import MemberConfig, check_layer_sizes
-from recsys.modules.token_mixing import PerTokenFFN, RankMixerLayer, token_mixing_permutation
+from recsys.modules.token_mixing import NORMS, PerTokenFFN, RankMixerLayer, token_mixing_permutation
 
 __all__ = [
     "PerTokenFFN", "RankMixerConfig", "RankMixerInteraction", "RankMixerLayer", "build_rankmixer",
@@ -44,8 +44,14 @@ class RankMixerConfig(MemberConfig):
     token_dim: int = 0  # D; 0 means embedding_dim
     heads: int = 0  # H for token mixing; 0 means T
     mlp: tuple[int, ...] = (1024, 512, 256)
+    # "token": LayerNorm per token over D, with affine (the paper's); "tensor": over the whole
+    # [B, T, D] batch tensor, no affine (the official code's F.layer_norm(x, x.shape)).  See
+    # recsys.modules.token_mixing for why ours is the default.
+    norm: str = "token"
 
     def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         for key in ("layers", "expansion"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
@@ -72,7 +78,7 @@ class RankMixerInteraction(nn.Module):
         needs_tokenizer = (self.num_tokens, self.dim) != (in_tokens, in_dim)
         self.tokenizer = nn.Linear(in_tokens * in_dim, self.num_tokens * self.dim) if needs_tokenizer else None
         self.layers = nn.Sequential(
-            *(RankMixerLayer(self.num_tokens, self.dim, heads, cfg.expansion) for _ in range(cfg.layers))
+            *(RankMixerLayer(self.num_tokens, self.dim, heads, cfg.expansion, cfg.norm) for _ in range(cfg.layers))
         )
         self.output_dim = self.num_tokens * self.dim
 

@@ -17,6 +17,7 @@ from recsys.models.fnn import FNNConfig, build_fnn
 from recsys.models.ipnn import IPNNConfig, build_ipnn
 from recsys.models.member import Member
 from recsys.models.multiembed import MultiEmbedConfig, build_multiembed
+from recsys.models.preset import resolve_spec
 from recsys.models.protocols import MemberBuilder
 from recsys.models.rankmixer import RankMixerConfig, build_rankmixer
 from recsys.models.spec import MemberConfig, SpecError, parse_spec
@@ -76,11 +77,15 @@ def build_member(spec: str, schema: Schema, name: str | None = None, materialize
     their seeded ``TableInit``s.  ``materialize=False`` leaves them on meta, for
     ``recsys.distributed.shard_module`` to allocate and fill only each rank's shards.
 
+    A ``preset`` in the spec is resolved against ``schema`` first
+    (``recsys.models.preset.resolve_spec``); ``member.spec`` keeps the spec as given.
+
     Example::
 
         m = build_member("dcnv2:seed=3,cross_layers=4,mlp=512-256", schema, name="m0")
+        m = build_member("rankmixer:preset=tts4ctr", schema)   # the official RankMixer for schema
     """
-    model, cfg = parse_spec(spec, {k: v.config for k, v in MODELS.items()})
+    model, cfg = parse_spec(resolve_spec(spec, schema), {k: v.config for k, v in MODELS.items()})
     name = name or model
     if not name.isidentifier():
         raise SpecError(f"member name {name!r} must be a Python identifier")

@@ -39,8 +39,20 @@ class MemberConfig:
     # to +0.0013 AUC over their mean with it, +0.0001 with N(0, 1e-4^2) (their test logits
     # correlate at 0.988 vs 0.999), although each single is 0.0007 better with the latter.
     # DeepFM overrides the default (see DeepFMConfig).  docs/design_notes.md has the table.
+    # "xavier_global" is the official TTS4CTR init (the preset's): one bound sqrt(6 / (rows of
+    # all the member's fields + dim)), as its single global table; see embedding_init.py.
     embedding_init: str = "xavier"
     embedding_init_std: float = 1e-4  # the "normal" init's standard deviation
+    # The width the model sees: the first model_dim columns of each stored table (0: all
+    # embedding_dim of them).  Why: FBGEMM stores tables only at dim % 4 == 0, while the
+    # official RankMixer needs D = the number of fields (39 on Criteo); the table is stored
+    # at 40 columns and the model sees 39.  Dense parameters and FLOPs follow model_dim.
+    model_dim: int = 0
+
+    @property
+    def width(self) -> int:
+        """D of the tokens the interaction sees: ``model_dim`` or, when 0, ``embedding_dim``."""
+        return self.model_dim or self.embedding_dim
 
 
 def check_layer_sizes(**layers: tuple[int, ...]) -> None:
@@ -91,28 +103,47 @@ def _type_name(tp: object) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def parse_spec(spec: str, configs: dict[str, type[MemberConfig]]) -> tuple[str, MemberConfig]:
-    """Parses a spec into (model name, config instance), with errors that list valid choices."""
+def spec_items(spec: str) -> tuple[str, list[tuple[str, str]]]:
+    """Splits a spec into its model name (lower case) and its (key, value) items, in order,
+    without checking them against a config: ``parse_spec`` and
+    ``recsys.models.preset.resolve_spec`` both read specs through this.
+
+    Example::
+
+        spec_items("DCNv2:seed=3, mlp=512-256")   # ("dcnv2", [("seed", "3"), ("mlp", "512-256")])
+    """
     if not isinstance(spec, str) or not spec.strip():
         raise SpecError(f"empty member spec {spec!r}")
     name, _, rest = spec.strip().partition(":")
     name = name.strip().lower()
+    items = []
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SpecError(f"{name}: expected key=value, got {item!r} in spec {spec!r}")
+        items.append((key.strip(), value.strip()))
+    return name, items
+
+
+def parse_spec(spec: str, configs: dict[str, type[MemberConfig]]) -> tuple[str, MemberConfig]:
+    """Parses a spec into (model name, config instance), with errors that list valid choices.
+
+    A ``preset`` key is kept as given; ``recsys.models.preset.resolve_spec`` fills in its
+    values beforehand (``build_member`` does).
+    """
+    name, items = spec_items(spec)
     if name not in configs:
         raise SpecError(f"unknown model {name!r} in spec {spec!r}; valid models: {', '.join(sorted(configs))}")
     cls = configs[name]
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq:
-            raise SpecError(f"{name}: expected key=value, got {item!r} in spec {spec!r}")
+    for key, value in items:
         if key not in fields:
             raise SpecError(f"{name}: unknown key {key!r}; valid keys: {', '.join(sorted(fields))}")
         if key in kwargs:
             raise SpecError(f"{name}: key {key!r} given twice in spec {spec!r}")
-        kwargs[key] = _coerce(value.strip(), hints[key], name, key)
+        kwargs[key] = _coerce(value, hints[key], name, key)
     try:
         cfg = cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -121,4 +152,7 @@ def parse_spec(spec: str, configs: dict[str, type[MemberConfig]]) -> tuple[str, 
         # FBGEMM's embedding kernels (what DMP shards onto) assert dim % 4 == 0; say so
         # here, before any process group starts, instead of deep inside sharding.
         raise SpecError(f"{name}: embedding_dim={cfg.embedding_dim} must be a positive multiple of 4")
+    if not 0 <= cfg.model_dim <= cfg.embedding_dim:
+        raise SpecError(f"{name}: model_dim={cfg.model_dim} must be in [0, embedding_dim={cfg.embedding_dim}] "
+                        "(0 = embedding_dim)")
     return name, cfg

@@ -23,22 +23,35 @@ from recsys.modules.mlp import MLP
 class SparseArch(nn.Module):
     """Looks up the member's embeddings: KJT -> [B, F, D] in schema field order.
 
+    ``dim`` (0: the stored width) keeps only the first ``dim`` columns of every table: FBGEMM
+    stores tables at widths % 4 == 0, so a model that needs D = 39 (the official RankMixer
+    on Criteo) stores 40 and sees 39.  The unseen column gets no gradient and never reaches
+    the logit.
+
     Example::
 
         sparse = SparseArch(make_ebc("m0", schema, 16), schema.sparse_names)
         emb = sparse(kjt)   # [B, F, 16]
+        SparseArch(make_ebc("m0", schema, 40), schema.sparse_names, dim=39)(kjt)   # [B, F, 39]
     """
 
-    def __init__(self, embedding_bag_collection: EmbeddingBagCollection, fields: Sequence[str]) -> None:
+    def __init__(
+        self, embedding_bag_collection: EmbeddingBagCollection, fields: Sequence[str], dim: int = 0
+    ) -> None:
         super().__init__()
         self.embedding_bag_collection = embedding_bag_collection
         self.fields = list(fields)
-        self.D: int = embedding_bag_collection.embedding_bag_configs()[0].embedding_dim
+        stored = embedding_bag_collection.embedding_bag_configs()[0].embedding_dim
+        if not 0 <= dim <= stored:
+            raise ValueError(f"SparseArch: dim={dim} must be in [0, the stored width {stored}]")
+        self.stored_dim = stored
+        self.D: int = dim or stored
 
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
         pooled = self.embedding_bag_collection(features)  # KeyedTensor
         values = pooled.to_dict()
-        return torch.stack([values[f] for f in self.fields], dim=1)  # [B, F, D]
+        emb = torch.stack([values[f] for f in self.fields], dim=1)  # [B, F, stored]
+        return emb if self.D == self.stored_dim else emb[..., : self.D]  # [B, F, D]
 
 
 class MultiSetSparseArch(SparseArch):
@@ -54,9 +67,10 @@ class MultiSetSparseArch(SparseArch):
         emb = sparse(kjt)   # [B, 2, F, 16]
     """
 
-    def __init__(self, embedding_bag_collection: EmbeddingBagCollection, num_sets: int) -> None:
+    def __init__(self, embedding_bag_collection: EmbeddingBagCollection, num_sets: int, dim: int = 0) -> None:
         tables = embedding_bag_collection.embedding_bag_configs()
-        super().__init__(embedding_bag_collection, [k for keys in get_embedding_names_by_table(tables) for k in keys])
+        names = [k for keys in get_embedding_names_by_table(tables) for k in keys]
+        super().__init__(embedding_bag_collection, names, dim)
         self.num_sets = num_sets
 
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
@@ -87,16 +101,20 @@ class DenseArch(nn.Module):
 class OverArch(nn.Module):
     """MLP -> Linear(., 1): [B, H] -> [B] logits.  ``layer_sizes=()`` is one linear layer.
 
+    ``bias=False`` drops the last linear's bias (the official DCN's ``combination`` has none).
+
     Example::
 
         head = OverArch(96, [64, 32])
         logits = head(torch.randn(8, 96))   # [8]
     """
 
-    def __init__(self, in_features: int, layer_sizes: Sequence[int], dropout: float = 0.0) -> None:
+    def __init__(
+        self, in_features: int, layer_sizes: Sequence[int], dropout: float = 0.0, bias: bool = True
+    ) -> None:
         super().__init__()
         self.mlp = MLP(in_features, layer_sizes, dropout)
-        self.out = nn.Linear(self.mlp.out_features, 1)
+        self.out = nn.Linear(self.mlp.out_features, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.mlp(x)).squeeze(-1)

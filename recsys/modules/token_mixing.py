@@ -14,16 +14,23 @@ that list into T rows of D.  When H == T and D % T == 0 this is exactly the
 reference's mixing; otherwise every output token still draws about D/T channels
 from every input token.
 
-LayerNorm normalizes each token over its D channels with learned affine
-parameters; the reference code normalizes over the whole [B, T, D] batch
-tensor, which couples examples within a batch, so we follow the paper instead.
+LayerNorm (``norm="token"``, our default) normalizes each token over its D channels with
+learned affine parameters, as the paper.  The official code (``norm="tensor"``, the
+tts4ctr preset's) calls ``F.layer_norm(x, x.shape)``: one mean and variance over the whole
+[B, T, D] batch tensor, no affine.  That couples the examples of a batch: an example's
+logit depends on which other examples share its batch, and so on the batch size, and
+serving one request alone differs from scoring it in a batch.  Per token it depends on
+the example alone.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+NORMS = ("token", "tensor")
 
 
 def token_mixing_permutation(num_tokens: int, dim: int, heads: int) -> torch.Tensor:
@@ -79,8 +86,23 @@ class PerTokenFFN(nn.Module):
         return 2 * (self.w1.numel() + self.w2.numel())
 
 
+class TensorNorm(nn.Module):
+    """LayerNorm over the whole input tensor, no affine: the official RankMixer's
+    ``F.layer_norm(x, x.shape)`` ([B, T, D] -> [B, T, D], one mean and variance per batch).
+
+    Example::
+
+        y = TensorNorm()(torch.randn(8, 5, 7))   # y.mean() ~ 0, y.var() ~ 1 over all 280 values
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape)
+
+
 class RankMixerLayer(nn.Module):
     """Token mixing and per-token FFN, each with residual + LayerNorm: [B, T, D] -> [B, T, D].
+
+    ``norm``: "token" (``nn.LayerNorm(D)``) or "tensor" (``TensorNorm``), see the module doc.
 
     Example::
 
@@ -90,13 +112,15 @@ class RankMixerLayer(nn.Module):
 
     perm: torch.Tensor  # a buffer, registered in __init__
 
-    def __init__(self, num_tokens: int, dim: int, heads: int, expansion: int) -> None:
+    def __init__(self, num_tokens: int, dim: int, heads: int, expansion: int, norm: str = "token") -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         self.num_tokens, self.dim = num_tokens, dim
         self.register_buffer("perm", token_mixing_permutation(num_tokens, dim, heads), persistent=False)
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1: nn.Module = nn.LayerNorm(dim) if norm == "token" else TensorNorm()
         self.ffn = PerTokenFFN(num_tokens, dim, expansion)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2: nn.Module = nn.LayerNorm(dim) if norm == "token" else TensorNorm()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mixed = x.flatten(1)[:, self.perm].view(-1, self.num_tokens, self.dim)  # [B, T, D]
