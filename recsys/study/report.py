@@ -354,10 +354,14 @@ def _finish(fig: Figure, ax: Axes, path: Path, xlabel: str, ylabel: str, title: 
     fig.savefig(path, dpi=120)
 
 
+# Short point labels of the diversity plot, per ensemble kind.
+_TAGS = {"ensemble": "homog.", "joint": "joint", "hetero": "hetero"}
+
+
 def plot_diversity(rows: Sequence[Row], path: Path, title: str = "") -> bool:
     """Ensemble AUC gain over its mean member (filled) and over its best member (hollow) against
     the members' mean pairwise logit correlation, one point per ensemble replica, labeled
-    ``M=<m> r<replica>``.  Returns False (and writes nothing) when no row has diversity numbers."""
+    ``<kind> M=<m> r<replica>``.  Returns False (and writes nothing) when no row has diversity numbers."""
     pts = [(r, k, d) for r in rows for k, d in enumerate(r.diversity) if not math.isnan(d.logit_correlation)]
     if not pts:
         return False
@@ -374,8 +378,9 @@ def plot_diversity(rows: Sequence[Row], path: Path, title: str = "") -> bool:
                    label=f"{KIND_LABELS.get(r.kind, r.kind)}: gain over mean member" if first else None)
         ax.scatter([d.logit_correlation], [d.auc_gain_over_best], facecolors="none", edgecolors=color,
                    marker=marker, s=40, label=f"{KIND_LABELS.get(r.kind, r.kind)}: gain over best member" if first else None)
-        ax.annotate(f"M={r.m} r{k}", (d.logit_correlation, d.auc_gain_over_mean), textcoords="offset points",
-                    xytext=(4, 4), fontsize=7)
+        ax.annotate(f"{_TAGS.get(r.kind, r.kind)} M={r.m} r{k}", (d.logit_correlation, d.auc_gain_over_mean),
+                    textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.margins(x=0.3, y=0.1)  # room for the labels at the edges
     ax.axhline(0.0, color="gray", lw=0.8)
     ax.axhline(gain_threshold(), color="gray", lw=0.8, ls=":", label=f"the paper's bar (+{gain_threshold():g})")
     _finish(fig, ax, path, "mean pairwise Pearson correlation of member test logits", "ensemble test AUC gain",
