@@ -10,15 +10,21 @@
 """
 from __future__ import annotations
 
+import json
+import math
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from recsys.config import ConfigError, load_config
 from recsys.config.preset import RECIPES, spec_with_preset
+from recsys.data.convert import main as convert_main
 from recsys.data.schema import Schema, SparseFeature
+from recsys.data.synth import write_criteo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,3 +116,123 @@ def test_config_with_preset_imports_no_torch(tmp_path: Path, data_dir: Path) -> 
     (the member checks import it lazily, so only the import of the package is checked)."""
     code = "import sys, recsys.config.preset, recsys.config; assert 'torch' not in sys.modules, 'torch'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+# ----------------------------------------------------------------------------- converters
+
+
+def _official_token(raw: str) -> str:
+    """The official Criteo numeric bucket (criteo2TF.py ``bucket``), written from its rule:
+    v > 2 -> floor(ln(v)^2), else int(v); an empty value is its own token."""
+    if raw == "":
+        return "empty"
+    v = float(raw)
+    return str(int(math.floor(math.log(v) ** 2)) if v > 2 else int(v))
+
+
+def _numeric_tokens(path: Path) -> list[list[str]]:
+    """Per row, the 13 numeric tokens of a Criteo TSV."""
+    return [[_official_token(x) for x in line.rstrip("\n").split("\t")[1:14]] for line in path.open()]
+
+
+def _convert(tmp_path: Path, name: str, train: Path, test: Path, *flags: str) -> Path:
+    out = tmp_path / name
+    rc = convert_main("criteo", ["--train", str(train), "--val", str(test), "--test", str(test), "--output", str(out),
+                                 "--workers", "1", "--no-progress", *flags])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def criteo_raw(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("raw")
+    write_criteo(d / "train.tsv", 800, seed=1)
+    write_criteo(d / "test.tsv", 200, seed=2)
+    return d / "train.tsv", d / "test.tsv"
+
+
+def test_preset_exempts_numeric_tokens_from_min_count(tmp_path: Path, criteo_raw: tuple[Path, Path]) -> None:
+    train, test = criteo_raw
+    plain = _convert(tmp_path, "plain", train, test)
+    paper = _convert(tmp_path, "paper", train, test, "--preset", "tts4ctr")
+    tokens = _numeric_tokens(train)
+    a, b = np.load(plain / "train_sparse.npy"), np.load(paper / "train_sparse.npy")
+    assert a.shape == b.shape == (800, 39)
+    rare_seen = 0
+    for j in range(13):
+        col = [row[j] for row in tokens]
+        counts = Counter(col)
+        # the preset: every train token has its own id, one id per token
+        assert (b[:, j] > 0).all(), f"I{j + 1}"
+        assert len({(t, int(i)) for t, i in zip(col, b[:, j])}) == len(counts) == len(set(b[:, j].tolist()))
+        # without it: the tokens seen fewer than 10 times go to OOV (0), the others keep an id
+        rare = np.array([counts[t] < 10 for t in col])
+        assert ((a[:, j] == 0) == rare).all(), f"I{j + 1}"
+        rare_seen += int(rare.sum())
+    assert rare_seen > 0  # the data has rare numeric tokens, so the test can fail
+    # categorical fields: min count 10 either way (the official --threshold default), the same ids
+    assert (a[:, 13:] == b[:, 13:]).all()
+    meta_a, meta_b = (json.loads((d / "meta.json").read_text())["preprocessing"] for d in (plain, paper))
+    assert meta_b["min_count"] == meta_a["min_count"] == 10
+    assert meta_b["preset"] == "tts4ctr" and meta_a["preset"] is None
+    assert meta_b["field_min_counts"] == {f"I{j}": 1 for j in range(1, 14)} and meta_a["field_min_counts"] is None
+    manifest = json.loads((paper / "vocab" / "manifest.json").read_text())
+    assert [f["min_count"] for f in manifest["fields"]] == [1] * 13 + [10] * 26
+
+
+def test_preset_ids_are_reproduced_by_vocab_from_and_serving(tmp_path: Path, criteo_raw: tuple[Path, Path]) -> None:
+    from recsys.data.convert import RawRowEncoder
+
+    train, test = criteo_raw
+    paper = _convert(tmp_path, "paper", train, test, "--preset", "tts4ctr")
+    again = tmp_path / "again"
+    assert convert_main("criteo", ["--test", str(train), "--output", str(again), "--vocab-from", str(paper),
+                                   "--workers", "1", "--no-progress"]) == 0
+    assert (np.load(again / "test_sparse.npy") == np.load(paper / "train_sparse.npy")).all()
+    meta = json.loads((again / "meta.json").read_text())["preprocessing"]
+    assert meta["field_min_counts"] == {f"I{j}": 1 for j in range(1, 14)}
+    _, sparse = RawRowEncoder.from_dir(paper).encode_lines(train.read_text().splitlines()[:50])
+    assert (sparse == np.load(paper / "train_sparse.npy")[:50]).all()
+
+
+def test_explicit_flags_win_over_the_converter_preset(tmp_path: Path, criteo_raw: tuple[Path, Path]) -> None:
+    train, test = criteo_raw
+    plain = _convert(tmp_path, "plain", train, test)
+    same = _convert(tmp_path, "same", train, test, "--preset", "tts4ctr", "--numeric-min-count", "10")
+    assert (np.load(plain / "train_sparse.npy") == np.load(same / "train_sparse.npy")).all()
+    low = _convert(tmp_path, "low", train, test, "--preset", "tts4ctr", "--min-count", "3")
+    meta = json.loads((low / "meta.json").read_text())["preprocessing"]
+    assert meta["min_count"] == 3 and meta["field_min_counts"] == {f"I{j}": 1 for j in range(1, 14)}
+    # the preset sets nothing a hash or a saved vocabulary decides
+    h = _convert(tmp_path, "h", train, test, "--preset", "tts4ctr", "--hash", "1000")
+    assert json.loads((h / "meta.json").read_text())["preprocessing"]["field_min_counts"] is None
+
+
+def test_converter_preset_errors_are_one_line(tmp_path: Path, criteo_raw: tuple[Path, Path],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    train, _ = criteo_raw
+    base = ["--input", str(train), "--output", str(tmp_path / "o"), "--no-progress"]
+    assert convert_main("criteo", [*base, "--numeric-min-count", "2", "--numeric", "dense"]) == 2
+    assert "--numeric-min-count: criteo has no numeric tokens with --numeric dense" in capsys.readouterr().err
+    assert convert_main("criteo", [*base, "--numeric-min-count", "0"]) == 2
+    assert "--numeric-min-count must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: the valid names
+        convert_main("criteo", [*base, "--preset", "paper"])
+    assert "invalid choice: 'paper'" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_python_m_recsys_data_convert(tmp_path: Path, criteo_raw: tuple[Path, Path]) -> None:
+    """The module form runs the same converter (and its --help has the preset example)."""
+    train, _ = criteo_raw
+    r = subprocess.run([sys.executable, "-m", "recsys.data.convert", "criteo", "--help"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "--preset tts4ctr" in r.stdout and "python -m recsys.data.convert criteo" in r.stdout
+    out = tmp_path / "m"
+    r = subprocess.run([sys.executable, "-m", "recsys.data.convert", "criteo", "--input", str(train), "--output",
+                        str(out), "--preset", "tts4ctr", "--workers", "1", "--no-progress"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "meta.json").read_text())["preprocessing"]["preset"] == "tts4ctr"
+    r = subprocess.run([sys.executable, "-m", "recsys.data.convert", "critio"], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown dataset 'critio'" in r.stderr

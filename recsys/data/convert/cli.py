@@ -29,21 +29,23 @@ from recsys.data.convert.driver import ConvertConfig, convert
 from recsys.data.convert.errors import InputError
 from recsys.data.convert.formats import FORMATS
 from recsys.data.convert.pool import keep_freed_memory
+from recsys.data.convert.presets import PRESETS
 from recsys.data.convert.splits import SPLITS
 from recsys.errors import one_line
 
 
-def build_parser(dataset: str) -> argparse.ArgumentParser:
-    """The flags of ``data_prep/<dataset>_to_npy.py``, with examples in ``--help``."""
+def build_parser(dataset: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """The flags of ``data_prep/<dataset>_to_npy.py`` (or ``prog``), with examples in ``--help``."""
     fmt = FORMATS[dataset]
     script = f"data_prep/{dataset}_to_npy.py"
+    run = prog or f"python {script}"
     ex = {
         "criteo": "day_0.gz day_1.gz",
         "avazu": "train.gz",
         "kdd12": "training.txt",
     }[dataset]
     p = argparse.ArgumentParser(
-        prog=script,
+        prog=prog or script,
         description=(
             f"Convert raw {dataset} logs to recsys npy arrays + meta.json. Vocabularies are counted "
             f"on the train split only (values seen < --min-count times -> OOV id 0), or --hash N."
@@ -51,11 +53,12 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "examples:\n"
-            f"  python {script} --input {ex} --output data/{dataset}\n"
-            f"  python {script} --input {ex} --output data/{dataset}_h --hash 1000000 --workers 4\n"
-            f"  python {script} --train {ex.split()[0]} --val {ex.split()[0]} --test {ex.split()[0]} "
+            f"  {run} --input {ex} --output data/{dataset}\n"
+            f"  {run} --input {ex} --output data/{dataset}_paper --preset tts4ctr\n"
+            f"  {run} --input {ex} --output data/{dataset}_h --hash 1000000 --workers 4\n"
+            f"  {run} --train {ex.split()[0]} --val {ex.split()[0]} --test {ex.split()[0]} "
             f"--output data/{dataset}_days\n"
-            f"  python {script} --test {ex.split()[-1]} --output data/{dataset}_new --vocab-from data/{dataset}\n"
+            f"  {run} --test {ex.split()[-1]} --output data/{dataset}_new --vocab-from data/{dataset}\n"
         ),
     )
     p.add_argument("--input", nargs="+", default=[], metavar="FILE", help="raw files (.gz ok), split randomly")
@@ -77,6 +80,12 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     if any(c.kind == "num" for c in fmt.columns):
         p.add_argument("--numeric", choices=["discretize", "dense"], default="discretize",
                        help="discretize: floor(ln(v)^2) tokens (paper); dense: log(1+v) floats")
+        p.add_argument("--numeric-min-count", type=int, default=None, metavar="N",
+                       help="min train count of a discretized numeric token (default: --min-count; "
+                            "--preset tts4ctr: 1, every token seen in train gets its own id, as the official code)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="",
+                   help="tts4ctr: preprocess as the official TTS4CTR code (its min-count threshold, Criteo's "
+                        "numeric tokens exempt from it); flags given explicitly win")
     p.add_argument("--max-bad-fraction", type=float, default=0.001)
     p.add_argument("--chunk-mb", type=float, default=16.0, help="bytes per parallel chunk (MB)")
     p.add_argument("--engine", choices=["auto", "native", "arrow"], default="auto",
@@ -122,6 +131,7 @@ def config_from_args(dataset: str, args: argparse.Namespace) -> ConvertConfig:
         numeric=getattr(args, "numeric", "discretize"), workers=args.workers,
         max_bad_fraction=args.max_bad_fraction, chunk_mb=args.chunk_mb, progress=not args.no_progress,
         engine=args.engine, vocab_from=args.vocab_from,
+        numeric_min_count=getattr(args, "numeric_min_count", None), preset=args.preset,
     )
 
 
@@ -163,3 +173,27 @@ def main(dataset: str, argv: list[str] | None = None) -> int:
     args = build_parser(dataset).parse_args(_split_value_fix(sys.argv[1:] if argv is None else argv))
     prog = f"{dataset}_to_npy"
     return run_main(prog, lambda: _run(prog, config_from_args(dataset, args)))
+
+
+def module_main(argv: list[str] | None = None) -> int:
+    """``python -m recsys.data.convert DATASET [flags]``: the same CLI as ``data_prep/<DATASET>_to_npy.py``.
+
+    Example: ``python -m recsys.data.convert criteo --input day_0.gz --output data/criteo --preset tts4ctr``
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = "python -m recsys.data.convert"
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: {prog} {{{','.join(FORMATS)}}} [flags]\n\n"
+              "Convert raw logs to recsys npy arrays + meta.json; the flags are those of "
+              "data_prep/<dataset>_to_npy.py.\n\nexamples:\n"
+              f"  {prog} criteo --input day_0.gz --output data/criteo\n"
+              f"  {prog} avazu --input train.gz --output data/avazu --preset tts4ctr\n"
+              f"  {prog} criteo --help", file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    dataset, rest = argv[0], argv[1:]
+    if dataset not in FORMATS:
+        print(f"{prog}: error: unknown dataset {dataset!r}; choose from {', '.join(FORMATS)}", file=sys.stderr)
+        return 2
+    args = build_parser(dataset, prog=f"{prog} {dataset}").parse_args(_split_value_fix(rest))
+    name = f"{dataset}_to_npy"
+    return run_main(name, lambda: _run(name, config_from_args(dataset, args)))

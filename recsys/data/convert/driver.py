@@ -30,6 +30,7 @@ from recsys.data.convert.formats import FORMATS, RawFormat
 from recsys.data.convert.parse_native import resolve_engine
 from recsys.data.convert.passes import Job, run_count_chunk, run_hash_chunk, run_map_chunk
 from recsys.data.convert.pool import make_pool, ordered_map
+from recsys.data.convert.presets import apply_preset
 from recsys.data.convert.saved_vocab import VOCAB_DIR, VOCAB_FILE, SavedVocab, open_vocab, write_manifest
 from recsys.data.convert.splits import SPLITS, resolve_files
 from recsys.data.convert.staging import Staging, close_staging, held_lock_fds, open_staging, swap_in
@@ -60,6 +61,8 @@ class ConvertConfig:
     progress: bool = True
     engine: str = "auto"  # "auto" (compiled scanner where there is one) | "native" | "arrow"
     vocab_from: str | None = None  # a converted data dir: map with its saved vocabulary, count nothing
+    numeric_min_count: int | None = None  # Criteo discretize: min count of the numeric tokens; None -> min_count
+    preset: str = ""  # "tts4ctr": the official preprocessing where a flag is left unset (``presets``)
     # forked pool workers (pyarrow engine) tune their own glibc malloc (pool.keep_freed_memory);
     # the calling process is never changed (the CLI tunes its own, being the converter's alone)
     tune_worker_malloc: bool = True
@@ -68,7 +71,7 @@ class ConvertConfig:
 def check_config(cfg: ConvertConfig) -> tuple[RawFormat, int, tuple[float, float, float]]:
     """Refuses every bad flag with one line, before any file is read or written.
 
-    Returns (format, min_count, split fractions).  Why all here and not in argparse:
+    Returns (format, min_count, split fractions); ``cfg`` is taken after ``presets.apply_preset``.  Why all here and not in argparse:
     ``convert`` is also called as a library, and a flag that only fails mid-run (a
     negative ``--seed`` in numpy's RNG) or silently misbehaves (``--workers 0``,
     ``--max-bad-fraction -1`` shown as "-100%", ``--hash 3000000000`` overflowing int32
@@ -87,9 +90,15 @@ def check_config(cfg: ConvertConfig) -> tuple[RawFormat, int, tuple[float, float
         raise InputError("give --vocab-from or --min-count/--hash, not both (the saved vocabulary has its own)")
     if cfg.hash_size is not None and not 1 <= cfg.hash_size <= MAX_HASH:
         raise InputError(f"--hash must be in 1..{MAX_HASH} (ids are int32), got {cfg.hash_size}")
-    if cfg.min_count is not None and cfg.min_count < 1:
-        raise InputError(f"--min-count must be >= 1 (values seen fewer times in train get the OOV id 0), "
-                         f"got {cfg.min_count}")
+    for flag, n in (("--min-count", cfg.min_count), ("--numeric-min-count", cfg.numeric_min_count)):
+        if n is not None and n < 1:
+            raise InputError(f"{flag} must be >= 1 (values seen fewer times in train get the OOV id 0), got {n}")
+    if cfg.numeric_min_count is not None:
+        if cfg.hash_size is not None or cfg.vocab_from is not None:
+            raise InputError("--numeric-min-count counts the vocabulary: not with --hash or --vocab-from")
+        if not any(c.kind == "num" for c in fmt.columns) or cfg.numeric != "discretize":
+            raise InputError(f"--numeric-min-count: {fmt.name} has no numeric tokens"
+                             + (" with --numeric dense" if cfg.numeric == "dense" else ""))
     if cfg.workers < 1:
         raise InputError(f"--workers must be >= 1, got {cfg.workers}")
     if not (math.isfinite(cfg.chunk_mb) and cfg.chunk_mb > 0):
@@ -131,6 +140,7 @@ def convert(cfg: ConvertConfig, log: Callable[[str], None] = print) -> Schema:
     written to a staging dir and swapped in only when complete (``staging``), so
     the previous output is left as it was by every failure.
     """
+    cfg = apply_preset(cfg)
     fmt, min_count, fracs = check_config(cfg)
     saved = None
     if cfg.vocab_from is not None:  # checked (checksums too) before any input is read or output written
@@ -138,12 +148,16 @@ def convert(cfg: ConvertConfig, log: Callable[[str], None] = print) -> Schema:
         saved.check_fits(fmt.name, cfg.numeric)
         cfg = replace(cfg, hash_size=saved.hash_size)
         min_count = saved.min_count or min_count
+    counts = field_min_counts(fmt, cfg.numeric, min_count, cfg.numeric_min_count)
+    if saved is not None and saved.field_min_counts is not None:
+        counts = list(saved.field_min_counts)
     files, file_splits = resolve_files(cfg.split_files, cfg.inputs)
     check_inputs(fmt, files)
     st = open_staging(cfg.output)
     ok = False
     try:
-        schema, rows, elapsed = _convert_into(st.dir, cfg, fmt, files, file_splits, min_count, fracs, log, saved)
+        schema, rows, elapsed = _convert_into(st.dir, cfg, fmt, files, file_splits, min_count, counts, fracs,
+                                              log, saved)
         swap_in(st)
         ok = True
     except OSError as e:
@@ -155,11 +169,25 @@ def convert(cfg: ConvertConfig, log: Callable[[str], None] = print) -> Schema:
     return schema
 
 
+def field_min_counts(fmt: RawFormat, numeric: str, min_count: int, numeric_min_count: int | None) -> list[int]:
+    """The min count of each sparse field, in output order: ``min_count``, and ``numeric_min_count``
+    (when given) for the discretized numeric columns (Criteo's I1..I13).
+
+    Example: ``field_min_counts(CRITEO, "discretize", 10, 1)`` -> ``[1] * 13 + [10] * 26``.
+    """
+    num = {c.name for c in fmt.columns if c.kind == "num"}
+    names, _ = fmt.feature_names(numeric)
+    low = min_count if numeric_min_count is None else numeric_min_count
+    return [low if n in num else min_count for n in names]
+
+
 def _convert_into(
     out: Path, cfg: ConvertConfig, fmt: RawFormat, files: list[str], file_splits: list[int], min_count: int,
-    fracs: tuple[float, float, float], log: Callable[[str], None], saved: SavedVocab | None,
+    counts: list[int], fracs: tuple[float, float, float], log: Callable[[str], None], saved: SavedVocab | None,
 ) -> tuple[Schema, dict[str, int], float]:
     """The conversion proper, written into the (staging) dir ``out``: (schema, rows per split, seconds).
+
+    ``counts``: each sparse field's min count (``field_min_counts``), ``min_count`` that of most.
 
     The vocabulary goes to ``out/vocab/`` (``saved_vocab``): counted here, or copied from ``saved``
     (``--vocab-from``), whose rows then take the single pass."""
@@ -195,7 +223,7 @@ def _convert_into(
             passes.hash_pass(tasks)
             sizes = [cfg.hash_size] * len(sparse_names)
         else:
-            sizes = passes.vocab_passes(tasks, min_count, len(sparse_names), str(vocab_dir / VOCAB_FILE))
+            sizes = passes.vocab_passes(tasks, counts, str(vocab_dir / VOCAB_FILE))
         rows = writer.rows()
         writer.commit()
     except ChunkFault as e:  # chunks come in order: every line before this chunk is counted
@@ -221,11 +249,16 @@ def _convert_into(
         log(f"warning: skipped {bad.bad} malformed rows of {bad.rows} ({100 * bad.bad / bad.rows:.3g}%)")
     preprocessing = _preprocessing_meta(cfg, fmt, files, fracs, min_count, chunk_bytes, job.engine, bad, elapsed,
                                         phases, load_seconds, load_cpu)
+    counted = cfg.hash_size is None
+    own = {n: c for n, c in zip(sparse_names, counts) if c != min_count} if counted else {}
+    preprocessing["field_min_counts"] = own or None  # the fields whose min count is not min_count
+    preprocessing["preset"] = cfg.preset or None
     mode = "hash" if cfg.hash_size is not None else "min_count"
     with writing(vocab_dir):
         preprocessing["vocab_sha256"] = write_manifest(
             vocab_dir, fmt.name, cfg.numeric if fmt.name == "criteo" else None, mode,
-            None if cfg.hash_size is not None else min_count, cfg.hash_size, list(zip(sparse_names, sizes)))
+            None if cfg.hash_size is not None else min_count, cfg.hash_size, list(zip(sparse_names, sizes)),
+            counts if counted else None)
     preprocessing["vocab_dir"] = VOCAB_DIR
     preprocessing["vocab_from"] = None if saved is None else str(saved.data_dir.resolve())
     schema = Schema(
@@ -272,11 +305,11 @@ class _Passes:
         self.bad.check(self.cfg.max_bad_fraction, self.files)
         self.phases["hash_pass"] = time.perf_counter() - self.t0
 
-    def vocab_passes(self, tasks: Iterator[Task], min_count: int, num_fields: int, vocab_path: str) -> list[int]:
-        """Vocabulary mode: count (pass 1), build the vocabularies (saved to ``vocab_path``), map in
-        place (pass 2); the sizes."""
+    def vocab_passes(self, tasks: Iterator[Task], min_counts: list[int], vocab_path: str) -> list[int]:
+        """Vocabulary mode: count (pass 1), build the vocabularies (saved to ``vocab_path``; field f
+        keeps the values seen >= ``min_counts[f]`` times), map in place (pass 2); the sizes."""
         cfg, job, phases = self.cfg, self.job, self.phases
-        counter = TrainCounts(num_fields, job.engine)
+        counter = TrainCounts(len(min_counts), job.engine)
         caches: list[tuple[str, list[int]]] = []
         split_rows = [0] * len(SPLITS)
         for r in ordered_map(run_count_chunk, tasks, job, self.pool, cfg.workers):
@@ -288,7 +321,7 @@ class _Passes:
         self.bar.close()
         self.bad.check(cfg.max_bad_fraction, self.files)
         phases["count_pass"] = time.perf_counter() - self.t0
-        vocab, sizes = build_vocab(counter.final(), min_count, job.engine, self.pool)
+        vocab, sizes = build_vocab(counter.final(), min_counts, job.engine, self.pool)
         with writing(vocab_path):
             save_vocab(vocab_path, vocab)
         del vocab, counter

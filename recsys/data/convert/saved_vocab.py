@@ -4,8 +4,9 @@ Why saved: without it no request from real traffic and no new day of logs could 
 the ids a model was trained on (train/serve skew).  ``vocab/`` holds
 
 * ``manifest.json``: format version, the key scheme, dataset, ``--numeric`` mode, the mode
-  (``min_count`` or ``hash``), ``--min-count`` / ``--hash N``, and every field's name and
-  ``num_embeddings``;
+  (``min_count`` or ``hash``), ``--min-count`` / ``--hash N``, and every field's name,
+  ``num_embeddings`` and (min-count mode) its own ``min_count`` (Criteo's numeric tokens have
+  their own under ``--numeric-min-count`` / ``--preset tts4ctr``; older manifests have none);
 * ``vocab.npz`` (min-count mode only): per field ``f`` the sorted uint64 keys ``keys{f}``
   (``formats``' 64-bit value keys, which the C scanner reproduces) and their int32 ids
   ``ids{f}`` (1..V; a key not there is the OOV id 0).  ``--hash N`` needs no table: id = key % N.
@@ -60,11 +61,13 @@ def sha256_file(path: Path) -> str:
 
 def write_manifest(
     vocab_dir: Path, dataset: str, numeric: str | None, mode: str, min_count: int | None, hash_size: int | None,
-    fields: list[tuple[str, int]],
+    fields: list[tuple[str, int]], field_min_counts: list[int] | None = None,
 ) -> dict[str, str]:
     """Writes ``manifest.json`` into ``vocab_dir`` (which holds ``vocab.npz`` in min-count mode);
-    returns {file name: sha256} of every vocab file, for ``meta.json``."""
+    returns {file name: sha256} of every vocab file, for ``meta.json``.  ``field_min_counts``:
+    each field's min count (min-count mode), in the order of ``fields``."""
     files = [VOCAB_FILE] if mode == "min_count" else []
+    per_field: list[int | None] = list(field_min_counts) if field_min_counts is not None else [None] * len(fields)
     manifest = {
         "format_version": VOCAB_FORMAT_VERSION,
         "key_scheme": KEY_SCHEME,
@@ -74,7 +77,8 @@ def write_manifest(
         "min_count": min_count,
         "hash_size": hash_size,
         "oov_id": 0 if mode == "min_count" else None,
-        "fields": [{"name": n, "num_embeddings": s} for n, s in fields],
+        "fields": [{"name": n, "num_embeddings": s, **({} if c is None else {"min_count": c})}
+                   for (n, s), c in zip(fields, per_field)],
         "files": files,
     }
     (vocab_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -92,6 +96,7 @@ class SavedVocab:
     min_count: int | None
     hash_size: int | None
     fields: tuple[tuple[str, int], ...]  # (name, num_embeddings) per sparse field, in output order
+    field_min_counts: tuple[int, ...] | None = None  # per field, as counted; None: hash mode or an older manifest
 
     @property
     def dir(self) -> Path:
@@ -167,8 +172,10 @@ def open_vocab(path: str | Path) -> SavedVocab:
         raise VocabError(f"{vdir / MANIFEST}: its dataset or fields are not those of {data_dir / META_FILE}")
     if m["mode"] == "min_count" and VOCAB_FILE not in sums:
         raise VocabError(f"{vdir / VOCAB_FILE}: not covered by {data_dir / META_FILE}'s checksums")
+    per_field = [f.get("min_count") for f in m["fields"]]
+    field_min_counts = tuple(int(c) for c in per_field) if per_field and None not in per_field else None
     return SavedVocab(data_dir, str(m["dataset"]), m["numeric"], str(m["mode"]), m["min_count"], m["hash_size"],
-                      fields)
+                      fields, field_min_counts)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import threading
 from multiprocessing.pool import Pool, ThreadPool
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -45,9 +45,10 @@ def lookup(vocab_keys: np.ndarray, vocab_ids: np.ndarray, keys: np.ndarray) -> n
 
 
 def build_vocab(
-    counts: list[list[KeyCounts]], min_count: int, engine: str, pool: Pool | None = None
+    counts: list[list[KeyCounts]], min_count: int | Sequence[int], engine: str, pool: Pool | None = None
 ) -> tuple[list[FieldVocab], list[int]]:
-    """Per field: (sorted keys, their ids) for values with train count >= min_count.
+    """Per field: (sorted keys, their ids) for values with train count >= min_count (one for all
+    fields, or one per field: Criteo's numeric tokens under ``--numeric-min-count``).
 
     Ids 1..V go by descending count (ties by key), so frequent values get small
     ids; 0 is OOV.  num_embeddings = V + 1.  With a thread pool the fields are built
@@ -55,9 +56,14 @@ def build_vocab(
     between the passes, while the workers would otherwise wait.
     """
 
-    def field_vocab(parts: list[KeyCounts]) -> FieldVocab:
+    mins = [min_count] * len(counts) if isinstance(min_count, int) else list(min_count)
+    if len(mins) != len(counts):
+        raise ValueError(f"{len(mins)} min counts for {len(counts)} fields")
+
+    def field_vocab(job: tuple[list[KeyCounts], int]) -> FieldVocab:
+        parts, least = job
         k, c = merge_counts(parts, engine)
-        keep = c >= min_count
+        keep = c >= least
         k, c = k[keep], c[keep]
         order = np.lexsort((k, -c))
         ids = np.empty(k.size, dtype=np.int32)
@@ -66,9 +72,9 @@ def build_vocab(
         return k[by_key], ids[by_key]
 
     if isinstance(pool, ThreadPool):
-        vocab = pool.map(field_vocab, counts, chunksize=1)
+        vocab = pool.map(field_vocab, list(zip(counts, mins)), chunksize=1)
     else:
-        vocab = [field_vocab(parts) for parts in counts]
+        vocab = [field_vocab(job) for job in zip(counts, mins)]
     return vocab, [int(k.size) + 1 for k, _ in vocab]
 
 
