@@ -14,6 +14,8 @@ from recsys.models.embedding_init import table_inits
 from recsys.models.preset import PRESETS, preset_values, resolve_spec
 from recsys.models.registry import build_member
 from recsys.models.spec import SpecError
+from recsys.modules.cross import ParallelCrossInteraction
+from recsys.modules.inner_product import InnerProductInteraction
 from recsys.modules.token_mixing import RankMixerLayer
 
 # Dense parameter counts (all parameters minus the one global embedding table) of the official
@@ -104,7 +106,8 @@ def test_explicit_key_overrides_preset() -> None:
     member = build_member("dcn:preset=tts4ctr,head_bias=true,cross_layers=4,embedding_dim=8", schema,
                           materialize=False)
     assert member.over_arch is not None and member.over_arch.out.bias is not None
-    assert len(member.interaction.cross.kernels) == 4
+    assert isinstance(member.interaction, ParallelCrossInteraction)
+    assert len(list(member.interaction.cross.parameters())) == 2 * 4  # a kernel and a bias per layer
     assert member.sparse_arch.D == 8
     assert member.spec == "dcn:preset=tts4ctr,head_bias=true,cross_layers=4,embedding_dim=8"  # as given
     default = build_member("dcn:preset=tts4ctr", schema, materialize=False)
@@ -159,7 +162,7 @@ def test_model_dim_validated() -> None:
     with pytest.raises(SpecError, match=r"model_dim=20 must be in \[0, embedding_dim=16\]"):
         build_member("fnn:model_dim=20", schema)
     member = build_member("ipnn:model_dim=6,mlp=8", categorical_schema(4))
-    assert member.interaction.dim == 6
+    assert isinstance(member.interaction, InnerProductInteraction) and member.interaction.dim == 6
 
 
 def test_tensor_norm_is_the_official_layer_norm() -> None:
