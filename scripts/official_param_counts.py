@@ -1,10 +1,13 @@
-"""Dense parameter counts of the official TTS4CTR models, the reference numbers of tests/test_preset.py.
+"""Dense parameter counts (and FLOPs) of the official TTS4CTR models: tests/test_preset.py's reference numbers.
 
 Why a script: the parity test must not import the official code (it is not ours, and not
 installed), but its numbers must be reproducible.  This builds each official model with the
 official defaults (trainer_group.py's argparse defaults: dim 16, MLP 1024-512-256, 3 cross
 layers, Wukong 3 x (LCB 16, FMB 16, rank 24, FMB MLP 512-512), RankMixer 3 layers, expansion
 2 at latent_dim = field_num) and counts every parameter except the one global embedding table.
+With ``--flops`` it also counts FLOPs per example of one forward with
+``torch.utils.flop_counter.FlopCounterMode`` (matmul-family ops, 2 per multiply-add: a naive
+count of the official model, which docs/preset.md sets against our convention).
 
 Extract the official modules first (read-only mirror of aTitye/TTS4CTR)::
 
@@ -15,7 +18,7 @@ Extract the official modules first (read-only mirror of aTitye/TTS4CTR)::
 
 Example::
 
-    .venv/bin/python scripts/official_param_counts.py /tmp/tts4ctr/modules --fields 39 24
+    .venv/bin/python scripts/official_param_counts.py /tmp/tts4ctr/modules --fields 39 24 --flops
 """
 from __future__ import annotations
 
@@ -24,6 +27,9 @@ import importlib
 import sys
 from pathlib import Path
 from typing import Any, Sequence
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from recsys.cli import parser_with_examples, run_main
 from recsys.errors import UserError
@@ -56,17 +62,27 @@ def official_opt(fields: int, dim: int, model: str) -> dict[str, Any]:
     }
 
 
-def official_dense_params(modules_dir: Path, fields: int, dim: int = 16) -> dict[str, int]:
-    """{model: dense parameter count} of the official models on ``fields`` categorical fields."""
+def _official_models(modules_dir: Path) -> Any:
+    """The official ``modules.models`` module, imported from ``modules_dir``."""
     if not (modules_dir / "models.py").is_file() or not (modules_dir / "layers.py").is_file():
         raise OfficialCodeError(f"{modules_dir} has no models.py and layers.py (see this script's --help)")
     sys.path.insert(0, str(modules_dir.resolve().parent))  # the official code imports "modules.layers"
-    models = importlib.import_module("modules.models")
+    return importlib.import_module("modules.models")
+
+
+def official_counts(modules_dir: Path, fields: int, dim: int = 16, batch: int = 4) -> dict[str, tuple[int, int]]:
+    """{model: (dense parameters, FLOPs per example)} of the official models on ``fields``
+    categorical fields; FLOPs from ``FlopCounterMode`` over one eval forward of ``batch`` rows."""
+    models = _official_models(modules_dir)
     out = {}
     for name in MODELS:
-        model = models.build_model(name, official_opt(fields, dim, name))
+        opt = official_opt(fields, dim, name)
+        model = models.build_model(name, opt).eval()
         table = model.embedding.embedding.numel()
-        out[name] = sum(p.numel() for p in model.parameters()) - table
+        ids = torch.randint(0, opt["feat_num"], (batch, fields), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(ids)
+        out[name] = (sum(p.numel() for p in model.parameters()) - table, counter.get_total_flops() // batch)
     return out
 
 
@@ -76,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Dense parameter counts of the official TTS4CTR models (all parameters minus the embedding table).",
         """examples:
   .venv/bin/python scripts/official_param_counts.py /tmp/tts4ctr/modules
-  .venv/bin/python scripts/official_param_counts.py /tmp/tts4ctr/modules --fields 39 24 --dim 16
+  .venv/bin/python scripts/official_param_counts.py /tmp/tts4ctr/modules --fields 39 24 --dim 16 --flops
 
 The modules dir holds the official models.py and layers.py (git show HEAD:modules/<f>.py from
 the TTS4CTR mirror) and an empty __init__.py.
@@ -85,14 +101,18 @@ the TTS4CTR mirror) and an empty __init__.py.
     p.add_argument("modules_dir", type=Path, help="the extracted official modules/ directory")
     p.add_argument("--fields", type=int, nargs="+", default=[39, 24], help="field counts (default 39 24)")
     p.add_argument("--dim", type=int, default=16, help="latent_dim of all but RankMixer (default 16)")
+    p.add_argument("--flops", action="store_true", help="also print FLOPs per example (FlopCounterMode)")
     args = p.parse_args(argv)
 
     def body() -> int:
-        counts = {f: official_dense_params(args.modules_dir, f, args.dim) for f in args.fields}
-        print("| model | " + " | ".join(f"{f} fields" for f in args.fields) + " |")
-        print("|---|" + "---:|" * len(args.fields))
+        counts = {f: official_counts(args.modules_dir, f, args.dim) for f in args.fields}
+        cols = [(f, "dense params", 0) for f in args.fields]
+        if args.flops:
+            cols += [(f, "FLOPs/example", 1) for f in args.fields]
+        print("| model | " + " | ".join(f"{what}, {f} fields" for f, what, _ in cols) + " |")
+        print("|---|" + "---:|" * len(cols))
         for name in MODELS:
-            print(f"| {name} | " + " | ".join(f"{counts[f][name]}" for f in args.fields) + " |")
+            print(f"| {name} | " + " | ".join(f"{counts[f][name][i]}" for f, _, i in cols) + " |")
         return 0
 
     return run_main("official_param_counts", body)

@@ -22,7 +22,7 @@ from recsys.modules.token_mixing import RankMixerLayer
 # models at trainer_group.py's defaults (dim 16, MLP 1024-512-256, cross 3, Wukong 3 x (LCB 16,
 # FMB 16, rank 24, FMB MLP 512-512), RankMixer 3 layers, expansion 2, latent_dim = fields).
 # Produced by running the official code (aTitye/TTS4CTR HEAD, modules/models.py + layers.py):
-#     .venv/bin/python scripts/official_param_counts.py /tmp/tts4ctr/modules --fields 39 24
+#     .venv/bin/python scripts/official_param_counts.py /tmp/tts4ctr/modules --fields 39 24 --flops
 # (its docstring says how to extract the modules from the mirror).
 OFFICIAL_DENSE_PARAMS = {
     39: {  # Criteo: 39 categorical fields
@@ -33,6 +33,13 @@ OFFICIAL_DENSE_PARAMS = {
         "fnn": 1_050_625, "ipnn": 1_333_249, "deepfm": 1_050_625, "dcn": 1_053_312,
         "dcnv2": 1_494_528, "finalmlp": 2_166_786, "wukong": 3_455_137, "rankmixer": 1_418_305,
     },
+}
+
+# FLOPs per example of the same official models on 39 fields, from the same command's --flops
+# columns (FlopCounterMode over one forward: matmul-family ops, 2 per multiply-add).
+OFFICIAL_FLOPS_39 = {
+    "fnn": 2_589_184, "ipnn": 4_106_752, "deepfm": 2_589_184, "dcn": 2_594_176,
+    "dcnv2": 4_926_688, "finalmlp": 5_309_952, "wukong": 7_501_312, "rankmixer": 5_849_896,
 }
 
 
@@ -63,6 +70,16 @@ def test_our_defaults_depart_where_documented() -> None:
     assert ours("finalmlp:gating=false") == official["finalmlp"] - 1  # one bias, not two
     assert ours("finalmlp") > official["finalmlp"] + 80_000  # the two feature gates
     assert ours("rankmixer") < official["rankmixer"] / 2
+
+
+def test_flops_differ_from_official_only_by_our_convention() -> None:
+    """docs/preset.md's FLOP table: ours count IPNN's full Gram matrix and TorchRec's DCN bmm,
+    and not FinalMLP's last bilinear contraction (an element-wise product here)."""
+    T, D, N, cross, d2 = 39, 16, 39 * 16, 3, 256
+    convention = {"ipnn": 2 * T * T * D, "dcn": 2 * N * cross, "finalmlp": -2 * d2}
+    schema = categorical_schema(T)
+    diff = {m: spec_flops(f"{m}:preset=tts4ctr", schema) - f for m, f in OFFICIAL_FLOPS_39.items()}
+    assert diff == {m: convention.get(m, 0) for m in OFFICIAL_FLOPS_39}
 
 
 def test_budget_cli_prints_official_counts(tmp_path, capsys) -> None:

@@ -35,9 +35,10 @@ class MemberConfig:
     dropout: float = 0.0
     # Embedding tables: "xavier" (uniform on +-sqrt(6 / (rows + dim)) per field: NOT the
     # reference code's init, whose one global table gives a far smaller bound) or "normal"
-    # (N(0, embedding_init_std^2); FuxiCTR's default is std 1e-4).  Xavier is the default because it keeps seeds diverse: on the demo data 4 DCNv2 seeds ensemble
-    # to +0.0013 AUC over their mean with it, +0.0001 with N(0, 1e-4^2) (their test logits
-    # correlate at 0.988 vs 0.999), although each single is 0.0007 better with the latter.
+    # (N(0, embedding_init_std^2); FuxiCTR's default is std 1e-4).  Xavier is the default
+    # because it keeps seeds diverse: on the demo data 4 DCNv2 seeds ensemble to +0.0013 AUC
+    # over their mean with it, +0.0001 with N(0, 1e-4^2) (their test logits correlate at
+    # 0.988 vs 0.999), although each single is 0.0007 better with the latter.
     # DeepFM overrides the default (see DeepFMConfig).  docs/design_notes.md has the table.
     # "xavier_global" is the official TTS4CTR init (the preset's): one bound sqrt(6 / (rows of
     # all the member's fields + dim)), as its single global table; see embedding_init.py.
