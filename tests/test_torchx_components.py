@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_train_group import MEMBERS, ROOT, make_data, write_config
-from torchx_components.recsys import evaluate, grouped_train, serve_latency
+from torchx_components.recsys import evaluate, grouped_train, serve_latency, study
 
 
 def test_appdefs() -> None:
@@ -29,6 +29,8 @@ def test_appdefs() -> None:
                                                      "device=cpu"]
     (sv,) = serve_latency(config="c.toml", checkpoint="ck", batch=8, requests=5, sweep=True).roles
     assert sv.args[:2] == ["-m", "recsys.serve"] and sv.args[-1] == "--sweep" and "--batch" in sv.args
+    (st,) = study("--knobs", "all", "--device", "cuda", gpu=1).roles
+    assert st.args == ["-m", "recsys.study", "--knobs", "all", "--device", "cuda"] and st.resource.gpu == 1
 
 
 def _torchx(*args: str) -> subprocess.CompletedProcess[str]:
@@ -83,3 +85,23 @@ def test_multi_node_kubernetes_dryrun() -> None:
     r = _dryrun("kubernetes", "--workspace", "", "-cfg", "queue=default,namespace=ml")  # no image build
     assert r.returncode == 0, r.stderr[-2000:]
     assert "replicas: 2" in r.stdout and "recsys/train_group.py" in r.stdout
+
+
+def test_study_runs_fan_out_through_torchx(tmp_path: Path) -> None:
+    """recsys.study's torchx launcher: two runs as two `torchx run -s local_cwd` jobs at once,
+    each leaving its results and the config it trained; a restart then skips both."""
+    from recsys.study import Launcher, RunPlan, TrainSettings, train_runs
+    from recsys.study.run import DONE_FILE, pending_runs
+
+    (tmp_path / "data").mkdir()
+    make_data(tmp_path / "data")
+    settings = TrainSettings(data_dir=str(tmp_path / "data"), epochs=1, batch_size=128, log_dir=str(tmp_path / "runs"),
+                             checkpoint_dir=str(tmp_path / "ckpt"))
+    runs = [RunPlan("a", [MEMBERS[0]], [[0]]), RunPlan("b", [MEMBERS[1]], [[0]])]
+    seconds = train_runs(runs, settings, tmp_path / "work", Launcher("torchx"), keep_checkpoints=False)
+    assert sorted(seconds) == ["a", "b"]
+    for name in ("a", "b"):
+        assert json.loads((tmp_path / "runs" / name / "results.json").read_text())["members"][0]["auc"] > 0.5
+        assert (tmp_path / "runs" / name / DONE_FILE).is_file() and not (tmp_path / "ckpt" / name).exists()
+        assert "Job finished: SUCCEEDED" in (tmp_path / "work" / f"{name}.log").read_text()
+    assert pending_runs(runs, settings, tmp_path / "work", retrain=False)[0] == []

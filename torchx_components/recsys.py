@@ -180,3 +180,30 @@ def serve_latency(
     return utils.python(*args, *_overrides(overrides), m="recsys.serve", image=image, name=name, cpu=cpu,
                         memMB=memMB, h=h)
 
+
+
+def study(
+    *study_args: str,
+    image: str = torchx.IMAGE,
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 8192,
+    h: Optional[str] = None,
+    name: str = "recsys_study",
+) -> specs.AppDef:
+    """The whole study (python -m recsys.study) as one job: its runs one after another on the
+    job's host; a re-submitted job skips the runs already done.  To fan the runs out instead,
+    run the study anywhere with ``--launcher torchx --scheduler <yours>``.
+
+    Example: ``torchx run -s slurm torchx_components/recsys.py:study --gpu 1 -- --device cuda --knobs all``
+
+    Args:
+        study_args: the study's options (python -m recsys.study --help)
+        image: container image holding this repository (ignored by local_cwd)
+        cpu: CPUs
+        gpu: GPUs
+        memMB: memory in MB
+        h: a named TorchX resource (takes precedence over cpu/gpu/memMB)
+        name: job name
+    """
+    return utils.python(*study_args, m="recsys.study", image=image, name=name, cpu=cpu, gpu=gpu, memMB=memMB, h=h)

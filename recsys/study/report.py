@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from recsys.study.cost import Budget
 from recsys.study.diversity import Diversity, diversity
 from recsys.study.paired import Comparison, best_within_latency, format_p, gain_threshold, paired_tests
-from recsys.study.plan import KIND_LABELS, Arm, short_spec
+from recsys.study.plan import KIND_LABELS, TTS_KINDS, Arm, short_spec
 from recsys.study.score import ArmLogits, Score
 
 if TYPE_CHECKING:
@@ -277,7 +277,7 @@ def verdict_lines(rows: Sequence[Row]) -> list[str]:
     out = []
     ens = {r.budget_m: r for r in rows if r.kind == "ensemble"}
     for r in rows:
-        if r.kind in ("ensemble", "joint", "hetero") or r.budget_m not in ens:
+        if r.kind in TTS_KINDS or r.budget_m not in ens:  # the ensembles (grouped too) are not rivals
             continue
         e = ens[r.budget_m]
         d = e.auc - r.auc

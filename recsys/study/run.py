@@ -1,26 +1,41 @@
-"""Training the study's runs: each is ``recsys/train_group.py --config <run>.toml`` in a
-subprocess (torchrun with ``--nproc`` > 1), so the numbers come from exactly the code users run.
+"""Training the study's runs: each is ``recsys/train_group.py --config <run>.toml``, so the
+numbers come from exactly the code users run; launched one after another in subprocesses
+(``local``: torchrun with ``--nproc`` > 1) or all at once as TorchX jobs (``torchx``: one
+``torchx run`` of ``torchx_components/recsys.py:grouped_train`` per run, on any scheduler, so a
+cluster trains them in parallel).
 
-``--reuse`` skips a run whose ``results.json`` exists and whose config on disk trains the same
-thing as the one it would write now (compared as loaded ``ExperimentConfig``\\ s, so a config
-written by an earlier version of the study, formatted differently, is still reused).
+Restarting the study skips every run already done with the same config: its
+``runs/<name>/study_run.json`` (written once the run's results are) holds the config it trained
+and compares equal as a loaded ``ExperimentConfig`` (so a config written by an earlier version
+of the study, formatted differently, still counts).  A run killed half-way has no such file
+(``train_group.py`` set its old directory aside) and is trained again; ``retrain`` forces all.
 
 Example::
 
     seconds = train_run(run, TrainSettings(epochs=1), Path("runs/tts_vs_params"), nproc=1, reuse=True)
+    done = train_runs(runs, settings, work, Launcher("torchx", scheduler="slurm"), retrain=False)
 """
 from __future__ import annotations
 
+import json
+import os
+import shlex
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Sequence
 
 from recsys.errors import UserError
 from recsys.study.configs import TrainSettings, config_toml, same_config
 from recsys.study.plan import RunPlan
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: scripts and relative paths are taken from here
+DONE_FILE = "study_run.json"  # in runs/<name>: the config the finished run trained, and its seconds
+COMPONENT = "torchx_components/recsys.py:grouped_train"
+LAUNCHERS = ("local", "torchx")
 
 
 class DataPrepFailed(UserError):
@@ -29,6 +44,25 @@ class DataPrepFailed(UserError):
 
 class RunFailed(RuntimeError):
     """``train_group.py`` exited non-zero; the message ends with the last lines of its log."""
+
+
+@dataclass
+class Launcher:
+    """How runs are started: ``local`` (one after another, here) or ``torchx`` (every run a
+    ``torchx run -s <scheduler>`` job, at most ``parallel`` at once; 0 = all)."""
+
+    kind: str = "local"
+    nproc: int = 1  # ranks per run
+    scheduler: str = "local_cwd"
+    scheduler_args: str = ""  # torchx -cfg, e.g. "partition=gpu,time=2:00:00"
+    component_args: str = ""  # extra grouped_train args, e.g. "--image reg/recsys:1 --gpu 1"
+    parallel: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in LAUNCHERS:
+            raise UserError(f"--launcher must be one of {', '.join(LAUNCHERS)}, got {self.kind!r}")
+        if self.nproc < 1 or self.parallel < 0:
+            raise UserError(f"--nproc must be >= 1 and --parallel >= 0, got {self.nproc}, {self.parallel}")
 
 
 def ensure_data(data_dir: Path, rows: int) -> None:
@@ -57,24 +91,139 @@ def train_command(config: Path, nproc: int) -> list[str]:
             script, "--config", str(config)]
 
 
-def train_run(run: RunPlan, settings: TrainSettings, work: Path, nproc: int, reuse: bool) -> float:
-    """Trains one run unless ``reuse`` and its results match this exact config; returns seconds."""
-    text = config_toml(run, settings)
-    config = work / f"{run.name}.toml"
+def torchx_command(run: RunPlan, config: Path, launcher: Launcher) -> list[str]:
+    """``torchx run`` of the grouped_train component for one run; ``--wait`` so the study
+    knows when its results are there (several such commands run at once)."""
+    cfg = ["-cfg", launcher.scheduler_args] if launcher.scheduler_args else []
+    return [sys.executable, "-m", "torchx.cli.main", "run", "-s", launcher.scheduler, "--wait", *cfg, COMPONENT,
+            "--config", str(config), "--nproc_per_node", str(launcher.nproc), "--name", f"recsys_study/{run.name}",
+            *shlex.split(launcher.component_args)]
+
+
+def launch_command(run: RunPlan, config: Path, launcher: Launcher) -> list[str]:
+    """The command that trains ``run`` from ``config`` with ``launcher``."""
+    if launcher.kind == "torchx":
+        return torchx_command(run, config, launcher)
+    return train_command(config, launcher.nproc)
+
+
+def done_seconds(run: RunPlan, text: str, settings: TrainSettings, work: Path) -> float | None:
+    """The training seconds of ``run`` if it already finished with the config ``text``, else None.
+
+    A run from before ``study_run.json`` counts when its results are newer than the config
+    on disk and that config trains the same (what ``--reuse`` compared then)."""
     run_dir = Path(settings.log_dir) / run.name
-    log = work / f"{run.name}.log"
-    if reuse and (run_dir / "results.json").is_file() and config.is_file() and same_config(config.read_text(), text):
-        print(f"tts_vs_params: reusing {run_dir} (same config)", flush=True)
-        # the earlier training time: the config is written just before training, the log last written at its end
+    results = run_dir / "results.json"
+    if not results.is_file():
+        return None
+    done = run_dir / DONE_FILE
+    if done.is_file():
+        d = json.loads(done.read_text())
+        return float(d["seconds"]) if same_config(str(d["config"]), text) else None
+    config, log = work / f"{run.name}.toml", work / f"{run.name}.log"
+    if config.is_file() and results.stat().st_mtime >= config.stat().st_mtime and same_config(config.read_text(), text):
         return log.stat().st_mtime - config.stat().st_mtime if log.is_file() else 0.0
-    config.write_text(text)
-    t0 = time.perf_counter()
-    print(f"tts_vs_params: training {run.name}: {len(run.members)} members in {len(run.groups)} groups "
-          f"(log {log})", flush=True)
-    with open(log, "w") as f:
-        proc = subprocess.run(train_command(config, nproc), cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        tail = log.read_text().splitlines()[-15:]
-        raise RunFailed(f"{run.name}: train_group.py exited with {proc.returncode}; last lines of {log}:\n"
+    return None
+
+
+def _finish(run: RunPlan, text: str, settings: TrainSettings, log: Path, returncode: int, seconds: float) -> None:
+    run_dir = Path(settings.log_dir) / run.name
+    if returncode != 0 or not (run_dir / "results.json").is_file():
+        tail = log.read_text().splitlines()[-15:] if log.is_file() else []
+        raise RunFailed(f"{run.name}: training exited with {returncode}"
+                        f"{'' if returncode else ' without writing results.json'}; last lines of {log}:\n"
                         + "\n".join(tail))
-    return time.perf_counter() - t0
+    (run_dir / DONE_FILE).write_text(json.dumps({"config": text, "seconds": seconds}))
+
+
+def _tool_env() -> dict[str, str]:
+    """local_cwd runs ``torchrun`` from PATH: this interpreter's environment first."""
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+def train_run(run: RunPlan, settings: TrainSettings, work: Path, nproc: int, reuse: bool) -> float:
+    """Trains one run here unless ``reuse`` and it is done with this exact config; returns seconds."""
+    return train_runs([run], settings, work, Launcher(nproc=nproc), retrain=not reuse)[run.name]
+
+
+def pending_runs(runs: Sequence[RunPlan], settings: TrainSettings, work: Path,
+                 retrain: bool) -> tuple[list[RunPlan], dict[str, float]]:
+    """The runs still to train, and the seconds of those already done (skipped)."""
+    todo: list[RunPlan] = []
+    done: dict[str, float] = {}
+    for run in runs:
+        seconds = None if retrain else done_seconds(run, config_toml(run, settings), settings, work)
+        if seconds is None:
+            todo.append(run)
+        else:
+            done[run.name] = seconds
+    return todo, done
+
+
+def dry_run(runs: Sequence[RunPlan], settings: TrainSettings, work: Path, launcher: Launcher,
+            retrain: bool) -> list[list[str]]:
+    """Writes the configs of the runs still to train and returns their launch commands."""
+    work.mkdir(parents=True, exist_ok=True)
+    todo, _ = pending_runs(runs, settings, work, retrain)
+    out = []
+    for run in todo:
+        config = work / f"{run.name}.toml"
+        config.write_text(config_toml(run, settings))
+        out.append(launch_command(run, config, launcher))
+    return out
+
+
+def train_runs(runs: Sequence[RunPlan], settings: TrainSettings, work: Path, launcher: Launcher,
+               retrain: bool = False, keep_checkpoints: bool = True) -> dict[str, float]:
+    """Trains every run not already done (all with ``retrain``); returns seconds per run.
+
+    ``local`` trains them one after another; ``torchx`` starts up to ``launcher.parallel``
+    jobs at once (0: all) and waits for them.  Checkpoints are deleted as each run ends unless
+    ``keep_checkpoints``.  ``RunFailed`` after all started jobs ended, if any failed."""
+    work.mkdir(parents=True, exist_ok=True)
+    todo, seconds = pending_runs(runs, settings, work, retrain)
+    for name in seconds:
+        print(f"tts_vs_params: skipping {Path(settings.log_dir) / name} (done with the same config)", flush=True)
+    width = len(todo) if launcher.kind == "local" or launcher.parallel == 0 else launcher.parallel
+    width = 1 if launcher.kind == "local" else max(1, width)
+    running: list[tuple[RunPlan, str, Path, subprocess.Popen[bytes], IO[bytes], float]] = []
+    failures: list[str] = []
+
+    def reap(job: tuple[RunPlan, str, Path, subprocess.Popen[bytes], IO[bytes], float]) -> None:
+        run, text, log, proc, f, t0 = job
+        code = proc.wait()
+        f.close()
+        try:
+            _finish(run, text, settings, log, code, time.perf_counter() - t0)
+            seconds[run.name] = time.perf_counter() - t0
+        except RunFailed as e:
+            failures.append(str(e))
+        finally:
+            if not keep_checkpoints:
+                shutil.rmtree(Path(settings.checkpoint_dir) / run.name, ignore_errors=True)
+
+    try:
+        for run in todo:
+            while len(running) >= width:
+                reap(running.pop(0))
+            if failures and launcher.kind == "local":
+                break  # one after another: a failure stops the study (its log says why)
+            text = config_toml(run, settings)
+            config, log = work / f"{run.name}.toml", work / f"{run.name}.log"
+            config.write_text(text)
+            print(f"tts_vs_params: training {run.name}: {len(run.members)} members in {len(run.groups)} groups "
+                  f"({launcher.kind}; log {log})", flush=True)
+            out = open(log, "wb")
+            proc = subprocess.Popen(launch_command(run, config, launcher), cwd=ROOT, stdout=out,
+                                    stderr=subprocess.STDOUT, env=_tool_env())
+            running.append((run, text, log, proc, out, time.perf_counter()))
+        while running:
+            reap(running.pop(0))
+    finally:
+        for run, _, _, proc, f, _ in running:  # interrupted: stop what this study started
+            proc.terminate()
+            proc.wait()
+            f.close()
+    if failures:
+        raise RunFailed("\n".join(failures))
+    return seconds
