@@ -333,3 +333,44 @@ def test_trains_on_torchrec_criteo_layout(tmp_path: Path) -> None:
     np.testing.assert_array_equal(test["labels"].numpy(), day2)
     # The label follows field 0's raw id parity (ids mod 50 keep it): one epoch learns some of it.
     assert 0.55 < res["ensemble"]["auc"] <= 1.0, res["ensemble"]
+
+
+# ----------------------------------------------------------------------------- the tts4ctr recipe
+
+
+def test_preset_recipe_stops_early_restores_the_best_and_refuses_an_unsafe_resume(tmp_path: Path) -> None:
+    """The official early stopping (trainer_group.py: stop at the first epoch whose val AUC does not
+    improve, reload the best weights, score test with them) under ``preset = "tts4ctr"``: Adam on
+    the CPU tables through the dense kernel, one group on 2 gloo ranks.
+
+    The val labels are flipped, so the better the model fits train, the lower its val AUC: epoch 0
+    is the best, epoch 1 is worse and stops the run, and the scores after training must be those
+    of epoch 0's weights.  Then ``--resume`` of that group (Adam's state over 2 ranks does not
+    reshard) is one line, not "every checkpoint is damaged".
+    """
+    d = tmp_path / "data"
+    d.mkdir()
+    make_data(d)
+    np.save(d / "val_labels.npy", 1.0 - np.load(d / "val_labels.npy"))
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(
+        f'name = "p"\ndata_dir = "{d}"\npreset = "tts4ctr"\nmembers = ["fnn:mlp=16,seed=1,embedding_dim=8,preset="]\n'
+        f'log_dir = "{tmp_path / "runs"}"\ncheckpoint_dir = "{tmp_path / "ckpt"}"\n'
+        f"[train]\nbatch_size = {BATCH}\nepochs = 6\nlog_every = 4\n"  # patience: the preset's 1
+        "[dense_optimizer]\nlr = 0.01\n[embedding_optimizer]\nlr = 0.05\n"  # name: the preset's adam
+    )
+    r = run(cfg, 2)
+    assert "warning: Adam on CPU tables over 2 ranks" in r.stdout, r.stdout
+    epochs = [line for line in r.stdout.splitlines() if line.startswith("[group 0] epoch ")]
+    assert len(epochs) == 2, epochs  # epoch 1 did not improve: stopped there, not at epochs = 6
+    assert "step 8: val AUC" in epochs[0] and "(best" in epochs[1] and "at step 8)" in epochs[1], epochs
+    best_auc = float(epochs[0].split("val AUC ")[1].split()[0])
+    second = float(epochs[1].split("val AUC ")[1].split()[0])
+    assert second < best_auc
+    val = json.loads((tmp_path / "runs" / "p" / "val_results.json").read_text())
+    assert val["ensemble"]["auc"] == pytest.approx(best_auc, abs=1e-5)  # epoch 0's weights, restored
+    assert json.loads((tmp_path / "runs" / "p" / "results.json").read_text())["num_rows"] == 301  # test scored
+    again = run(cfg, 2, "--resume", check=False)
+    assert again.returncode != 0
+    lines = [line for line in again.stderr.splitlines() if "train_group: error:" in line]
+    assert len(lines) == 1 and "Adam on CPU embedding tables" in lines[0] and "2 ranks" in lines[0], again.stderr

@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torchrec.datasets.utils import Batch
 
 from recsys.checkpoint import TrainState, rng_state, set_rng_state
+from recsys.distributed.planning import uses_dense_kernel
 from recsys.errors import UserError
 from recsys.eval.runner import evaluate_split
 from recsys.train.callbacks import EpochEnd
@@ -47,6 +48,29 @@ if TYPE_CHECKING:
     from recsys.train.build import GroupParts
     from recsys.train.callbacks import Callback
     from recsys.train.schedule import GroupRun
+
+
+class ResumeUnsupported(UserError):
+    """``--resume`` of a group whose checkpoints cannot be loaded back: Adam on CPU tables (the
+    dense kernel) over more than one rank.
+
+    Why refused by name: ``torch.optim.Adam``'s moments of a sharded table are plain local tensors
+    (empty on a rank without a shard of it), while DCP saved them at the table's global size, so
+    every checkpoint fails to load and would read as "damaged".  One process (any sharding) and
+    the fused optimizers resume exactly.  ``report_here``: the group's leader prints the line.
+    """
+
+    def __init__(self, message: str, report_here: bool) -> None:
+        super().__init__(message)
+        self.report_here = report_here
+
+
+def adam_state_reshards(cfg: ExperimentConfig, device: torch.device, group_world: int) -> bool:
+    """Whether a group's checkpoints can be resumed: False for Adam on CPU tables over > 1 rank.
+
+    Example: ``adam_state_reshards(cfg, torch.device("cpu"), 2)`` -> False with the tts4ctr preset.
+    """
+    return group_world == 1 or not uses_dense_kernel(cfg.embedding_optimizer.resolve(device.type), device)
 
 
 class TrainingDiverged(UserError):
@@ -141,6 +165,10 @@ class GroupTrainer:
         # not depend on the schedule; group_rank keeps ranks of one group decorrelated.
         torch.manual_seed(cfg.seed * 1000 + run.group_rank)
         np.random.seed(cfg.seed * 1000 + run.group_rank)
+        if not adam_state_reshards(cfg, self.env.device, run.group_world) and run.is_leader and not resume:
+            print(f"[group {run.index}] warning: Adam on CPU tables over {run.group_world} ranks: this run's "
+                  "checkpoints cannot be resumed (--resume refuses them); train each group on 1 rank to resume",
+                  flush=True)
         state, loader_state = self._restore() if resume else (TrainState(), None)
         if self.open_writer is not None:
             # After a resume, the steps past the checkpoint are trained again: purge_step drops
@@ -163,6 +191,12 @@ class GroupTrainer:
         """The newest intact checkpoint's state and this rank's loader position (collective);
         a fresh state if the group has none.  RNG states are restored as saved."""
         run = self.run
+        if not adam_state_reshards(self.cfg, self.env.device, run.group_world) and self.ckpt.complete_steps():
+            raise ResumeUnsupported(
+                f"group {run.index}: --resume: Adam on CPU embedding tables (TorchRec's dense kernel) cannot resume "
+                f"a group sharded over {run.group_world} ranks (torch.optim.Adam's state does not reshard); rerun "
+                "without --resume, give each group 1 rank, or set embedding_optimizer.name = \"rowwise_adagrad\"",
+                report_here=run.is_leader)
 
         def warn(msg: str) -> None:
             if run.is_leader:
