@@ -6,15 +6,16 @@ launcher); the scoring and reporting after them is ``cli``'s, so each side can c
 
 Examples::
 
-    # the committed experiment (docs/tts_vs_params.md): trains to convergence (patience 2)
+    # the default study: base-model knobs, M = 1, 2, 4, every run to convergence (patience 2)
     python -m recsys.study
     # quick smoke run: 1 epoch, fewer replicas, width knob only
     python -m recsys.study --epochs 1 --ens-seeds 4 --seeds 1 --knobs mlp_width --no-joint --no-hetero
     # the paper's study: every arm, the 8-model heterogeneous ensemble, K = 1, 2, 4, each arm at its best lr
     python -m recsys.study --knobs all --hetero-all --hetero-seeds 2 --groups-k 1 2 4 --seeds 3 \\
         --lr-sweep 3e-4 1e-3 3e-3
-    # the same with the official TTS4CTR recipe (its batch size, optimizers and learning rate)
-    python -m recsys.study --preset tts4ctr --knobs all --hetero-all --groups-k 1 2 4
+    # the same with the official TTS4CTR recipe (its batch size, optimizers and lr), in runs of its own
+    python -m recsys.study --preset tts4ctr --knobs all --hetero-all --groups-k 1 2 4 --prefix tts4ctr_ \
+        --work-dir runs/tts4ctr
     # every run a TorchX job, in parallel on Slurm (print the commands first with --dry-run)
     python -m recsys.study --launcher torchx --scheduler slurm --scheduler-args partition=gpu \\
         --component-args "--gpu 1" --device cuda

@@ -19,8 +19,8 @@ Example::
 
     hetero_specs("dcnv2:embedding_dim=8,mlp=64-32,cross_layers=2")[:2]
     # ['fnn:embedding_dim=8,mlp=64-32', 'ipnn:embedding_dim=8,mlp=64-32']
-    match_rival("wukong", base, 2 * spec_flops(base, schema), schema).spec
-    # 'wukong:embedding_dim=8,layers=1,fmb_mlp=231-231,mlp=29-14'
+    match_rival("wukong", base, 2 * spec_flops(base, schema), schema).spec  # the demo's Criteo schema
+    # 'wukong:embedding_dim=8,layers=1,fmb_mlp=291-291,mlp=36-18' (one layer is 3.9x: narrower)
 """
 from __future__ import annotations
 
