@@ -23,23 +23,10 @@ import pytest
 from recsys.config import ConfigError, load_config
 from recsys.config.preset import RECIPES, spec_with_preset
 from recsys.data.convert import main as convert_main
-from recsys.data.schema import Schema, SparseFeature
 from recsys.data.synth import write_criteo
+from tests.test_config import data_dir, write  # noqa: F401  (data_dir: the fixture of a two-field toy schema)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture()
-def data_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "data"
-    Schema("toy", (SparseFeature("C0", 10), SparseFeature("C1", 12)), splits={"train": 10, "val": 5, "test": 5}).save(d)
-    return d
-
-
-def write(tmp_path: Path, body: str, data_dir: Path) -> Path:
-    p = tmp_path / "c.toml"
-    p.write_text(f'data_dir = "{data_dir}"\n' + body)
-    return p
 
 
 # ----------------------------------------------------------------------------- config
