@@ -39,6 +39,10 @@ is read in place when the config has a ``[torchrec_criteo]`` section (see
     schema = cfg.schema()                                  # Schema.load(data_dir) or the day files'
     loader = make_loader(cfg.data_source(), "train", 4096)  # a directory or a TorchRecCriteo
 
+``preset = "tts4ctr"`` (top level) trains with the official TTS4CTR recipe wherever the file
+says nothing (Adam lr 1e-4 on everything, batch 4096, 20 epochs, patience 1) and adds
+``preset=tts4ctr`` to every member spec without a ``preset=`` (``recsys.config.preset``).
+
 ``load_config(path, ["train.epochs=1", "seed=3"])`` applies ``--set`` overrides
 (values are TOML literals; bare words are strings).
 
@@ -48,6 +52,7 @@ launcher reads a config in a fraction of a second; checks that need torch import
 - ``schema``: the dataclasses, one per section, and the valid names (the one definition of the
   embedding optimizers and sharding types, which ``recsys.distributed`` uses too);
 - ``load``: TOML, ``--set`` overrides and the type walk over the dataclasses' fields;
+- ``preset``: ``preset = "tts4ctr"``, the official recipe merged under the file's own values;
 - ``checks``: members, groups, value ranges, the CUDA probe and the data directory.
 """
 from __future__ import annotations

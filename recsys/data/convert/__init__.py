@@ -20,9 +20,10 @@ Why it looks like this (speed and memory are requirements, not niceties):
 * **Vocabularies on train only.**  Pass 1 counts each field's values on the
   train rows and caches every chunk's row indices to a scratch dir; pass 2 maps
   the cache to contiguous ids (value seen >= ``--min-count`` times -> 1..V by
-  descending count, else OOV id 0).  With ``--hash N`` there is a single pass
-  (id = stable 64-bit hash % N) and memory is bounded by chunk size x workers,
-  whatever the input size.  Values are identified by a 64-bit hash; two distinct
+  descending count, else OOV id 0; Criteo's numeric tokens may have their own
+  ``--numeric-min-count``, 1 under ``--preset tts4ctr`` as in the official code).
+  With ``--hash N`` there is a single pass (id = stable 64-bit hash % N) and memory
+  is bounded by chunk size x workers, whatever the input size.  Values are identified by a 64-bit hash; two distinct
   values of one field collide with probability ~ n^2 / 2^65 (1e-5 for 10M values).
 * **The vocabulary is saved** in ``vocab/`` beside ``meta.json`` (``saved_vocab``), covered by
   ``meta.json``'s sha256 of each file; ``--vocab-from DIR`` maps new raw files with DIR's
@@ -69,7 +70,9 @@ The modules, in the order the data flows through them:
 ``staging``        the staging dir, the atomic swap, recovery after a kill
 ``badrows``        the bad-row log and ``--max-bad-fraction``
 ``driver``         ``ConvertConfig``, ``check_config``, ``convert``
-``cli``            ``data_prep/*_to_npy.py``: flags, exit codes, one-line errors
+``presets``        ``--preset tts4ctr``: the official preprocessing where a flag is left unset
+``cli``            ``data_prep/*_to_npy.py`` and ``python -m recsys.data.convert DATASET``: flags,
+                   exit codes, one-line errors
 ``raw_rows``       raw request rows -> ids through the same parse and lookup (serving, scoring)
 =================  ======================================================================
 
