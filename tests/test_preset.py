@@ -131,6 +131,16 @@ def test_explicit_key_overrides_preset() -> None:
     assert default.over_arch is not None and default.over_arch.out.bias is None
 
 
+def test_explicit_width_is_the_width_the_model_sees() -> None:
+    # the study's small bases: RankMixer's official D = tokens (39) cannot hold at width 8
+    schema = categorical_schema(39)
+    spec = resolve_spec("rankmixer:preset=tts4ctr,embedding_dim=8,mlp=64-32", schema)
+    assert "model_dim=0" in spec and "norm=tensor" in spec
+    member = build_member("rankmixer:preset=tts4ctr,embedding_dim=8,mlp=64-32", schema, materialize=False)
+    assert member.sparse_arch.D == 8
+    assert "model_dim=39" in resolve_spec("rankmixer:preset=tts4ctr", schema)  # no width given: official
+
+
 def test_xavier_global_bound() -> None:
     """One bound over every field's rows, as the official single global table; per field xavier
     would give each small table a much larger one."""

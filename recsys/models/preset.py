@@ -76,7 +76,9 @@ def preset_values(preset: str, model: str, schema: Schema) -> dict[str, str]:
 def resolve_spec(spec: str, schema: Schema) -> str:
     """The spec with its preset's values appended for every key it does not set itself; a
     spec without ``preset`` (or ``preset=``) comes back unchanged.  Resolving twice gives
-    the same spec.
+    the same spec.  A spec that sets ``embedding_dim`` but not ``model_dim`` gets
+    ``model_dim=0`` (the model sees the width the spec chose), so RankMixer at an explicit
+    small width builds with our free-(T, D, H) mixing instead of failing on D = tokens.
 
     Example::
 
@@ -89,7 +91,13 @@ def resolve_spec(spec: str, schema: Schema) -> str:
     preset = given.get("preset", "")
     if not preset:
         return spec
-    missing = [f"{k}={v}" for k, v in preset_values(preset, model, schema).items() if k not in given]
+    values = preset_values(preset, model, schema)
+    if "embedding_dim" in given and "model_dim" not in given:
+        # A width the spec chose itself (the study's small bases, a scaled rival) is the width
+        # the model sees: RankMixer's D = tokens cannot hold at, say, embedding_dim=8, and our
+        # mixing splits D into H near-equal chunks there (recsys.modules.token_mixing).
+        values["model_dim"] = "0"
+    missing = [f"{k}={v}" for k, v in values.items() if k not in given]
     if not missing:
         return spec
     return f"{model}:" + ",".join([f"{k}={v}" for k, v in items] + missing)
