@@ -246,3 +246,13 @@ def test_cli_scores_reused_runs_and_refuses_mixed_test_rows(tmp_path, monkeypatc
     err = [x for x in capsys.readouterr().err.splitlines() if "error" in x]  # (tqdm's progress goes there too)
     assert len(err) == 1
     assert err[0].startswith("tts_vs_params: error: runs tts_indep and tts_params were scored on different test rows")
+
+
+def test_every_arm_kind_has_its_own_plot_style() -> None:
+    # a kind without a style falls back to black crosses, indistinguishable from another such kind
+    from recsys.study.plan import KIND_LABELS, TTS_KINDS
+    from recsys.study.report import _STYLES, _TAGS
+
+    assert set(KIND_LABELS) <= set(_STYLES)
+    assert len({_STYLES[k][:2] for k in KIND_LABELS}) == len(KIND_LABELS)  # color and marker differ
+    assert set(TTS_KINDS) <= set(_TAGS)

@@ -312,8 +312,11 @@ def latency_verdict_lines(rows: Sequence[Row]) -> list[str]:
     return out
 
 
-_STYLES = {"ensemble": ("C0", "o", "-"), "joint": ("C4", "D", "none"), "hetero": ("C3", "*", "none"),
-           "mlp_width": ("C1", "s", "--"), "cross_layers": ("C2", "^", "--"), "embedding_dim": ("C5", "v", "--")}
+# (color, marker, line) per arm kind: test-time scaling solid or unjoined, parameter scaling dashed.
+_STYLES = {"ensemble": ("C0", "o", "-"), "joint": ("C4", "D", "none"), "grouped": ("C9", "P", "none"),
+           "hetero": ("C3", "*", "none"), "mlp_width": ("C1", "s", "--"), "cross_layers": ("C2", "^", "--"),
+           "embedding_dim": ("C5", "v", "--"), "multiembed": ("C6", "<", "--"), "dmoe": ("C7", ">", "--"),
+           "wukong": ("C8", "h", "--"), "rankmixer": ("k", "X", "--")}
 
 
 def plot_rows(rows: Sequence[Row], path: Path, title: str = "") -> None:
@@ -355,7 +358,7 @@ def _finish(fig: Figure, ax: Axes, path: Path, xlabel: str, ylabel: str, title: 
 
 
 # Short point labels of the diversity plot, per ensemble kind.
-_TAGS = {"ensemble": "homog.", "joint": "joint", "hetero": "hetero"}
+_TAGS = {"ensemble": "homog.", "joint": "joint", "grouped": "grouped", "hetero": "hetero"}
 
 
 def plot_diversity(rows: Sequence[Row], path: Path, title: str = "") -> bool:
