@@ -208,3 +208,15 @@ def test_torchx_commands_and_dry_run(tmp_path, capsys, monkeypatch):
     for x in lines:  # each command's config is written and loads
         cfg = config_from_dict(tomllib.loads(Path(x[x.index("--config") + 1]).read_text()), check_data=False)
         assert cfg.train.patience == 2 and cfg.log_dir == str(tmp_path / "runs")
+
+
+def test_hetero_wukong_scales_its_fm_mlp_with_the_base_at_the_official_ratio() -> None:
+    from recsys.study.plan_specs import spec_field
+    from recsys.study.rivals import hetero_specs
+
+    def wukong(base: str) -> str:
+        return next(s for s in hetero_specs(base) if s.startswith("wukong"))
+
+    assert spec_field(wukong("dcnv2:mlp=1024-512-256"), "fmb_mlp") == (512, 512)  # the official pair
+    assert spec_field(wukong("dcnv2:embedding_dim=8,mlp=64-32,cross_layers=2"), "fmb_mlp") == (32, 32)
+    assert "fmb_mlp" not in wukong("dcnv2:preset=tts4ctr")  # the preset's own 512-512 applies

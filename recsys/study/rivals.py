@@ -61,8 +61,21 @@ def derived_spec(base: str, model: str, **values: object) -> str:
 
 def hetero_specs(base: str) -> list[str]:
     """The paper's 8 models sized like ``base``, less the base's own model (the heterogeneous
-    arm takes the base member itself for that one)."""
-    return [derived_spec(base, m) for m in HETERO_MODELS if m != spec_model(base)]
+    arm takes the base member itself for that one).
+
+    Wukong's factorization-machine MLP scales with the base's MLP at the official ratio
+    (``fmb_mlp`` 512-512 beside ``mlp`` 1024-512-256: two layers of half the first width).
+    At its fixed 512-512 a Wukong beside a small base costs ~10x the base's FLOPs (4.7M
+    against 434K per example for the demo's dcnv2), and the ensemble's budget would be Wukong's.
+    """
+    out = []
+    for m in HETERO_MODELS:
+        if m == spec_model(base):
+            continue
+        mlp = _base_fields(base, m).get("mlp")
+        extra = {"fmb_mlp": (max(1, mlp[0] // 2),) * 2} if m == "wukong" and isinstance(mlp, tuple) and mlp else {}
+        out.append(derived_spec(base, m, **extra))
+    return out
 
 
 def rival_base(kind: str, base: str) -> str:
