@@ -213,3 +213,18 @@ def test_match_flops_keeps_the_preset() -> None:
     assert "preset=tts4ctr" in m.spec and "head_bias=false" in m.spec, m.spec
     matched = build_member(m.spec, schema, materialize=False)
     assert matched.over_arch is not None and matched.over_arch.out.bias is None
+
+
+def test_canonical_specs_keep_what_a_preset_spec_names() -> None:
+    # A key at OUR default (finalmlp's gating=true) must survive canonicalization under a preset:
+    # dropped, the preset would refill it with ITS value (no gate) and train another model.
+    from recsys.study.plan_specs import set_fields
+
+    schema = categorical_schema(39)
+    spec = "finalmlp:preset=tts4ctr,gating=true,embedding_dim=8,mlp=64-32"
+    assert "gating=true" in set_fields(spec, seed=3)
+    assert set_fields("finalmlp:gating=true", seed=3) == "finalmlp:seed=3"  # no preset: defaults dropped
+    matched = match_flops(spec, "mlp_width", 2 * spec_flops(spec, schema), schema)
+    assert "gating=true" in matched.spec
+    gated = build_member(matched.spec, schema, materialize=False)
+    assert gated.interaction.gate1 is not None  # the matched rival still has its gate

@@ -17,7 +17,7 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import torch
 
@@ -25,7 +25,7 @@ from recsys.data.schema import Schema, SparseFeature
 from recsys.errors import UserError
 from recsys.models.preset import resolve_spec
 from recsys.models.registry import MODELS, build_member
-from recsys.models.spec import MemberConfig, SpecError, parse_spec
+from recsys.models.spec import MemberConfig, SpecError, parse_spec, spec_items
 
 
 class MatchError(UserError, ValueError):
@@ -59,8 +59,12 @@ def _format_value(v: object) -> str:
     return str(v)
 
 
-def config_to_spec(model: str, cfg: MemberConfig) -> str:
-    """Inverse of ``parse_spec``: only the fields that differ from the defaults.
+def config_to_spec(model: str, cfg: MemberConfig, keep: Collection[str] = ()) -> str:
+    """Inverse of ``parse_spec``: the fields that differ from the defaults, and those in ``keep``.
+
+    Why ``keep``: under a preset a field at OUR default is not unset -- dropped, the preset would
+    refill it with ITS value (``finalmlp:preset=tts4ctr,gating=true`` would lose its gate).  A
+    spec with a preset therefore keeps every key it names (``preset_keys``).
 
     Example: ``config_to_spec("fnn", FNNConfig(seed=4))`` is ``"fnn:seed=4"``.
     """
@@ -68,9 +72,23 @@ def config_to_spec(model: str, cfg: MemberConfig) -> str:
     items = [
         f"{f.name}={_format_value(getattr(cfg, f.name))}"
         for f in dataclasses.fields(cfg)
-        if getattr(cfg, f.name) != getattr(default, f.name)
+        if getattr(cfg, f.name) != getattr(default, f.name) or f.name in keep
     ]
     return model + (":" + ",".join(items) if items else "")
+
+
+def preset_keys(spec: str) -> frozenset[str]:
+    """The keys a spec with a preset names itself (what ``config_to_spec`` must keep); empty
+    for a spec without one, whose canonical form drops every default.
+
+    Example::
+
+        preset_keys("finalmlp:preset=tts4ctr,gating=true")   # frozenset({"preset", "gating"})
+        preset_keys("finalmlp:gating=true")                   # frozenset()
+    """
+    _, items = spec_items(spec)
+    given = dict(items)
+    return frozenset(given) if given.get("preset") else frozenset()
 
 
 _KNOB_ALIASES = {"num_layers": "layers", "depth": "layers"}
@@ -115,7 +133,9 @@ def match_flops(
         raise MatchError(f"match_flops: target_flops must be positive, got {target_flops}")
     # A preset is resolved first, so the search scales the preset's values (the matched spec
     # keeps preset=..., and resolving it again changes nothing it sets).
-    model, cfg = parse_spec(resolve_spec(base_spec, schema), {k: v.config for k, v in MODELS.items()})
+    resolved = resolve_spec(base_spec, schema)
+    model, cfg = parse_spec(resolved, {k: v.config for k, v in MODELS.items()})
+    keep = preset_keys(resolved)
     hints = typing.get_type_hints(type(cfg))
     fields = [f.name for f in dataclasses.fields(cfg)]
     field_name = _KNOB_ALIASES.get(knob, knob) if _KNOB_ALIASES.get(knob) in fields else knob
@@ -123,7 +143,7 @@ def match_flops(
 
     def flops_of(c: MemberConfig) -> int | None:
         try:
-            return spec_flops(config_to_spec(model, c), schema)
+            return spec_flops(config_to_spec(model, c, keep), schema)
         except (SpecError, ValueError):
             return None  # an invalid setting (e.g. heads no longer divide a width)
 
@@ -189,7 +209,7 @@ def match_flops(
     if not candidates:
         raise MatchError(f"match_flops: no valid {model} setting of {knob!r} builds")
     value, best_cfg, best = min(candidates, key=lambda c: abs(c[2] - target_flops))
-    result = FlopMatch(config_to_spec(model, best_cfg), best, int(target_flops), knob, value)
+    result = FlopMatch(config_to_spec(model, best_cfg, keep), best, int(target_flops), knob, value)
     if result.rel_error > tol:
         raise MatchError(
             f"match_flops: cannot match {target_flops:,} FLOPs with {knob!r} of {base_spec!r} within "

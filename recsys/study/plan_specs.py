@@ -49,11 +49,15 @@ def set_fields(spec: str, **values: object) -> str:
 
         set_fields("dcnv2:embedding_dim=8", seed=3)  # "dcnv2:seed=3,embedding_dim=8"
     """
-    from recsys.budget import config_to_spec  # lazy: `import recsys.study` stays torch-free (--help)
+    from recsys.budget.matching import config_to_spec, preset_keys  # lazy: `import recsys.study` stays torch-free
 
     model, cfg = _parse(spec)
     changes: dict[str, Any] = dict(values)  # field names and types vary by model
-    return config_to_spec(model, dataclasses.replace(cfg, **changes))
+    new = dataclasses.replace(cfg, **changes)
+    # under a preset, every key the spec names or this call sets stays written, so the preset
+    # cannot refill it (see config_to_spec); a zero seed is still dropped (no preset sets one)
+    keep = preset_keys(spec) | (set(changes) if new.preset else set())
+    return config_to_spec(model, new, keep - ({"seed"} if new.seed == 0 else set()))
 
 
 def spec_field(spec: str, name: str) -> object:

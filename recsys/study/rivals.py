@@ -42,9 +42,14 @@ def _base_fields(base: str, model: str) -> dict[str, Any]:
     """The base's embedding dim, MLP and cross depth, for the fields ``model`` has."""
     from recsys.models.registry import MODELS  # lazy: `import recsys.study` stays torch-free (--help)
 
+    from recsys.models.spec import spec_items
+
     target = MODELS[model].config.__dataclass_fields__
+    given = dict(spec_items(base)[1])
     out: dict[str, Any] = {}
     for name in ("embedding_dim", "mlp", "cross_layers", "preset"):
+        if given.get("preset") and name not in given:
+            continue  # under a preset an unnamed field is the preset's, per model (RankMixer's D = tokens)
         try:
             value = spec_field(base, name)
         except AttributeError:
