@@ -22,6 +22,7 @@ import pytest
 
 from recsys.config import ConfigError, load_config
 from recsys.config.preset import RECIPES, spec_with_preset
+from recsys.config.schema import AUTO_EMBEDDING_LR
 from recsys.data.convert import main as convert_main
 from recsys.data.synth import write_criteo
 from tests.test_config import data_dir, write  # noqa: F401  (data_dir: the fixture of a two-field toy schema)
@@ -62,12 +63,29 @@ def test_explicit_values_win_over_the_preset(tmp_path: Path, data_dir: Path) -> 
     assert cfg.train.epochs == 2 and cfg.train.batch_size == 4096  # the file's epochs, the preset's batch
     assert cfg.dense_optimizer.lr == 0.003  # --set wins too
     emb = cfg.embedding_optimizer.resolve("cpu")
-    assert (emb.name, emb.lr) == ("rowwise_adagrad", 1e-4)  # the file's name, the preset's lr
+    # the file's optimizer with its own default lr: the preset's lr 1e-4 is Adam's, 200x below Adagrad's
+    assert (emb.name, emb.lr) == ("rowwise_adagrad", AUTO_EMBEDDING_LR["rowwise_adagrad"])
     # A member that names a preset (our defaults: "preset=") keeps its own.
     assert cfg.members == ["fnn:preset=", "dcnv2:preset=tts4ctr,seed=2"]
     # The preset can come from --set too.
     cfg = load_config(write(tmp_path, 'members = ["fnn"]\n', data_dir), ["preset=tts4ctr"])
     assert cfg.dense_optimizer.lr == 1e-4 and cfg.members == ["fnn:preset=tts4ctr"]
+
+
+def test_preset_embedding_lr_applies_only_to_its_own_optimizer(tmp_path: Path, data_dir: Path) -> None:
+    """The preset's embedding lr / weight decay are Adam's: another named optimizer gets its own."""
+    def emb(section: str) -> tuple[str, float, float]:
+        cfg = load_config(write(tmp_path, f'preset = "tts4ctr"\nmembers = ["fnn"]\n{section}', data_dir))
+        e = cfg.embedding_optimizer.resolve("cpu")
+        return e.name, e.lr, e.weight_decay
+
+    assert emb("") == ("adam", 1e-4, 0.0)  # unset: the preset's optimizer and lr
+    assert emb('[embedding_optimizer]\nname = "adam"\n') == ("adam", 1e-4, 0.0)  # the preset's name: its lr
+    for name in ("rowwise_adagrad", "sgd"):
+        assert emb(f'[embedding_optimizer]\nname = "{name}"\n') == (name, AUTO_EMBEDDING_LR[name], 0.0)
+    # an explicit lr wins either way
+    assert emb('[embedding_optimizer]\nname = "rowwise_adagrad"\nlr = 0.05\n')[1] == 0.05
+    assert emb('[embedding_optimizer]\nlr = 0.05\n') == ("adam", 0.05, 0.0)
 
 
 def test_unknown_preset_is_one_line_naming_the_valid_ones(tmp_path: Path, data_dir: Path) -> None:

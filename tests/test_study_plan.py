@@ -16,6 +16,7 @@ from recsys.budget import spec_flops
 from recsys.config import config_from_dict
 from recsys.errors import UserError
 from recsys.eval.metrics import auc_score
+from recsys.study import options as tts_options
 from recsys.study.options import build_parser, knobs_from_arg, plan_from_args, settings_from_args
 from recsys.study.rivals import MAX_RIVAL_LAYERS
 from recsys.study.run import DONE_FILE, pending_runs
@@ -153,6 +154,26 @@ def test_default_recipe_trains_to_convergence_and_the_preset_supplies_its_own():
     assert (swept.dense_optimizer.lr, swept.embedding_optimizer.lr) == (3e-4, 3e-4)
     with pytest.raises(ValueError, match="from_preset"):
         tts.TrainSettings(from_preset=("batch_size",))
+
+
+def test_preset_with_another_embedding_optimizer_gets_that_optimizers_lr():
+    """--preset tts4ctr --embedding-optimizer rowwise_adagrad: Adagrad's own lr (0.02), not Adam's 1e-4."""
+    from recsys.config.schema import AUTO_EMBEDDING_LR
+
+    def emb(*argv: str, lr: float | None = None) -> tuple[str, float]:
+        s = settings_from_args(_args("--preset", "tts4ctr", *argv))
+        raw = tomllib.loads(tts.config_toml(tts.RunPlan("r", ["fnn:seed=1"], [[0]], lr=lr), s))
+        e = config_from_dict(raw, source="r", check_data=False).embedding_optimizer.resolve("cpu")
+        return e.name, e.lr
+
+    assert emb("--embedding-optimizer", "rowwise_adagrad") == ("rowwise_adagrad", AUTO_EMBEDDING_LR["rowwise_adagrad"])
+    # a swept lr is the preset's one lr for Adam; it does not go to Adagrad's tables
+    assert emb("--embedding-optimizer", "rowwise_adagrad", lr=3e-4) == ("rowwise_adagrad", 0.02)
+    assert emb("--embedding-optimizer", "rowwise_adagrad", "--embedding-lr", "0.05") == ("rowwise_adagrad", 0.05)
+    assert emb("--embedding-optimizer", "adam") == ("adam", 1e-4)  # the preset's own optimizer: its lr
+    s = settings_from_args(_args("--preset", "tts4ctr", "--embedding-optimizer", "rowwise_adagrad"))
+    assert "embedding_lr" not in s.from_preset
+    assert "embedding lr 0.02" in tts_options.recipe_summary(s)
 
 
 def test_plan_from_args_expands_all_and_sets_the_preset_on_members(schema):

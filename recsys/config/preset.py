@@ -21,6 +21,7 @@ Example::
     raw = apply_preset(raw, "c.toml")
     raw["members"]                      # ["dcnv2:seed=1,preset=tts4ctr"]
     raw["train"]                        # {"batch_size": 4096, "epochs": 2, "patience": 1}
+    # [embedding_optimizer] name = "rowwise_adagrad" (not the preset's adam): its own lr 0.02, not 1e-4
     apply_preset({"preset": "x"}, "c.toml")   # ConfigError: c.toml: preset: unknown preset 'x'; ...
 """
 from __future__ import annotations
@@ -78,5 +79,17 @@ def apply_preset(raw: dict[str, Any], source: str) -> dict[str, Any]:
     for section, values in RECIPES[name].items():
         given = raw.get(section, {})
         if isinstance(given, dict):
-            out[section] = {**values, **given}
+            out[section] = {**_for_given_optimizer(section, values, given), **given}
     return out
+
+
+def _for_given_optimizer(section: str, values: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The preset's ``[embedding_optimizer]`` values that still apply under the file's.
+
+    The preset's lr / eps / weight decay belong to the preset's optimizer (Adam): under another
+    ``name`` (e.g. ``rowwise_adagrad``) Adam's lr 1e-4 would be 200x below Adagrad's 0.02,
+    silently, so then none of them applies and the named optimizer's own defaults do
+    (``AUTO_EMBEDDING_LR``)."""
+    if section != "embedding_optimizer" or "name" not in given or given["name"] == values.get("name"):
+        return values
+    return {}

@@ -125,12 +125,28 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     """What every run shares, from the command line: a recipe setting not given is ours, or,
     with ``--preset``, left to the preset."""
     given = {k: getattr(args, k) for k in PRESET_RECIPE if getattr(args, k) is not None}
+    if args.preset and "embedding_optimizer" in given and "embedding_lr" not in given:
+        given.update(_own_embedding_lr(args.preset, given["embedding_optimizer"]))
     recipe = given if args.preset else {**OUR_RECIPE, **given}
     return TrainSettings(
         data_dir=str(args.data), seed=args.seed, device=args.device, epochs=args.epochs, patience=args.patience,
         max_steps_per_epoch=args.max_steps_per_epoch, log_dir=args.log_dir, checkpoint_dir=args.checkpoint_dir,
         preset=args.preset, from_preset=tuple(k for k in PRESET_RECIPE if k not in recipe), **recipe,
     )
+
+
+def _own_embedding_lr(preset: str, name: str) -> dict[str, float]:
+    """``{"embedding_lr": lr}`` when ``--embedding-optimizer`` is not the preset's: the preset's
+    lr is its optimizer's (tts4ctr: Adam's 1e-4, 200x below row-wise Adagrad's 0.02), so the
+    named optimizer's own default is written, and a swept lr (one lr for all under the preset)
+    does not replace it either.  Empty for the preset's own optimizer, or a name without a
+    default (``auto``: the config resolves it)."""
+    from recsys.config.preset import RECIPES
+    from recsys.config.schema import AUTO_EMBEDDING_LR
+
+    if name == RECIPES[preset].get("embedding_optimizer", {}).get("name") or name not in AUTO_EMBEDDING_LR:
+        return {}
+    return {"embedding_lr": AUTO_EMBEDDING_LR[name]}
 
 
 def launcher_from_args(args: argparse.Namespace) -> Launcher:
