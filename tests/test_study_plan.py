@@ -8,6 +8,7 @@ import shlex
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -186,25 +187,92 @@ def test_plan_from_args_expands_all_and_sets_the_preset_on_members(schema):
     assert len(arms) == 2 * 5  # M = 1, 2, hetero, one wider MLP, joint; at each lr
 
 
-def test_restart_skips_done_runs_and_retrains_killed_ones(tmp_path):
-    settings = tts.TrainSettings(log_dir=str(tmp_path / "runs"), epochs=1)
+def _toy_data(d: Path, rows: dict[str, int], vocab: int = 20) -> Path:
+    """A data dir as the converter writes it: meta.json (with the split row counts) and npy files."""
+    from recsys.data.schema import Schema
+
+    base = toy_schema(num_fields=6, vocab=vocab)
+    schema = Schema(base.dataset, base.sparse_features, base.dense_features, splits=dict(rows))
+    d.mkdir(parents=True, exist_ok=True)
+    schema.save(d)
+    for split, n in rows.items():
+        np.save(d / f"{split}_dense.npy", np.zeros((n, 0), np.float32))
+        np.save(d / f"{split}_sparse.npy", np.zeros((n, schema.num_sparse), np.int32))
+        np.save(d / f"{split}_labels.npy", np.zeros(n, np.float32))
+    return d
+
+
+def _finished(settings, run: "tts.RunPlan", config=None, data="now") -> None:
+    """runs/<name> as a finished run leaves it: results.json and study_run.json."""
+    from recsys.study.run import data_fingerprint
+
+    text = tts.config_toml(config or run, settings)
+    d = Path(settings.log_dir) / run.name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "results.json").write_text("{}")
+    done = {"config": text, "seconds": 12.5}
+    if data == "now":
+        done["data"] = data_fingerprint(text)
+    elif data is not None:
+        done["data"] = data
+    (d / DONE_FILE).write_text(json.dumps(done))
+
+
+ROWS = {"train": 40, "val": 20, "test": 20}
+
+
+def test_restart_skips_done_runs_and_retrains_killed_ones(tmp_path, capsys):
+    data = _toy_data(tmp_path / "data", ROWS)
+    settings = tts.TrainSettings(data_dir=str(data), log_dir=str(tmp_path / "runs"), epochs=1)
     work = tmp_path / "work"
     work.mkdir()
-    runs = [tts.RunPlan(n, [f"fnn:seed={i}"], [[0]]) for i, n in enumerate(["done", "killed", "changed", "old"], 1)]
-    for run in runs:
-        (tmp_path / "runs" / run.name).mkdir(parents=True)
-    for run in runs[:3]:  # each finished once, by this study
-        text = tts.config_toml(run if run.name != "changed" else tts.RunPlan("changed", ["fnn:seed=9"], [[0]]),
-                               settings)
-        (tmp_path / "runs" / run.name / DONE_FILE).write_text(json.dumps({"config": text, "seconds": 12.5}))
-    for name in ("done", "changed", "old"):
-        (tmp_path / "runs" / name / "results.json").write_text("{}")
-    # "killed": train_group.py set the finished run aside and died: no results.json in runs/killed
-    (work / "old.toml").write_text(tts.config_toml(runs[3], settings))  # a run from before study_run.json
-    (tmp_path / "runs" / "old" / "results.json").touch()
+    runs = [tts.RunPlan(n, [f"fnn:seed={i}"], [[0]]) for i, n in
+            enumerate(["done", "killed", "changed", "old", "older"], 1)]
+    _finished(settings, runs[0])
+    _finished(settings, runs[1])
+    (tmp_path / "runs" / "killed" / "results.json").unlink()  # train_group.py set it aside and died
+    _finished(settings, runs[2], config=tts.RunPlan("changed", ["fnn:seed=9"], [[0]]))
+    _finished(settings, runs[3], data=None)  # a study_run.json from before data fingerprints
+    (tmp_path / "runs" / "older").mkdir()  # a run from before study_run.json
+    (tmp_path / "runs" / "older" / "results.json").write_text("{}")
+    (work / "older.toml").write_text(tts.config_toml(runs[4], settings))
     todo, done = pending_runs(runs, settings, work, retrain=False)
-    assert [r.name for r in todo] == ["killed", "changed"] and done["done"] == 12.5 and "old" in done
+    assert [r.name for r in todo] == ["killed", "changed", "old", "older"] and done == {"done": 12.5}
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "retraining old:" in out and "from before data fingerprints" in out
     assert pending_runs(runs, settings, work, retrain=True)[0] == runs
+
+
+def test_restart_retrains_when_the_data_or_what_a_preset_builds_changed(tmp_path, capsys):
+    """The config names only a path: the same path holding other data is not the same run."""
+    from recsys.study.run import data_fingerprint
+
+    data = _toy_data(tmp_path / "data", ROWS)
+    settings = tts.TrainSettings(data_dir=str(data), log_dir=str(tmp_path / "runs"), epochs=1)
+    run = tts.RunPlan("r", ["fnn:seed=1,preset=tts4ctr"], [[0]])
+    _finished(settings, run)
+    assert pending_runs([run], settings, tmp_path, retrain=False)[1] == {"r": 12.5}
+    fp = data_fingerprint(tts.config_toml(run, settings))
+    assert fp is not None and fp["rows"] == ROWS and len(fp["meta_sha256"]) == 64
+    assert fp["members"][0].startswith("fnn:seed=1,preset=tts4ctr,") and "embedding_init" in fp["members"][0]
+    # what the preset builds changed since (e.g. a new version of the preset): retrained
+    _finished(settings, run, data={**fp, "members": ["fnn:seed=1,preset=tts4ctr,mlp=8"]})
+    assert pending_runs([run], settings, tmp_path, retrain=False)[0] == [run]
+    assert "retraining r: its data" in capsys.readouterr().out
+    _finished(settings, run)
+    # the data converted again in place: more rows, the same vocabulary
+    _toy_data(data, {**ROWS, "train": 41})
+    assert pending_runs([run], settings, tmp_path, retrain=False)[0] == [run]
+    # other vocabulary sizes, the same rows
+    _toy_data(data, ROWS)
+    _finished(settings, run)
+    _toy_data(data, ROWS, vocab=21)
+    assert pending_runs([run], settings, tmp_path, retrain=False)[0] == [run]
+    # the data gone: not done (training will name what is missing)
+    _finished(settings, run)
+    for f in data.iterdir():
+        f.unlink()
+    assert pending_runs([run], settings, tmp_path, retrain=False)[0] == [run]
 
 
 def test_torchx_commands_and_dry_run(tmp_path, capsys, monkeypatch):

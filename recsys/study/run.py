@@ -4,11 +4,17 @@ numbers come from exactly the code users run; launched one after another in subp
 ``torchx run`` of ``torchx_components/recsys.py:grouped_train`` per run, on any scheduler, so a
 cluster trains them in parallel).
 
-Restarting the study skips every run already done with the same config: its
-``runs/<name>/study_run.json`` (written once the run's results are) holds the config it trained
-and compares equal as a loaded ``ExperimentConfig`` (so a config written by an earlier version
-of the study, formatted differently, still counts).  A run killed half-way has no such file
-(``train_group.py`` set its old directory aside) and is trained again; ``retrain`` forces all.
+Restarting the study skips every run already done with the same config on the same data: its
+``runs/<name>/study_run.json`` (written once the run's results are) holds the config it trained,
+which must compare equal as a loaded ``ExperimentConfig`` (so a config written by an earlier
+version of the study, formatted differently, still counts), and the data it trained on (the
+sha256 of the data dir's ``meta.json``, each split's row count in the files) with the member
+specs resolved against that data (``resolve_spec``), which must be the same today: the config
+names only a path and a preset, so a dataset converted again in place, or a preset that builds
+differently now, would otherwise be skipped with stale results.  A ``study_run.json`` from
+before this fingerprint, and a run from before ``study_run.json``, are trained again.  A run
+killed half-way has no such file (``train_group.py`` set its old directory aside) and is
+trained again; ``retrain`` forces all.
 
 Example::
 
@@ -17,6 +23,7 @@ Example::
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -26,16 +33,18 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO, Any, Sequence
 
 from recsys.errors import UserError
-from recsys.study.configs import TrainSettings, config_toml, same_config
+from recsys.study.configs import TrainSettings, config_toml, load_config_text, same_config
 from recsys.study.plan import RunPlan
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: scripts and relative paths are taken from here
 DONE_FILE = "study_run.json"  # in runs/<name>: the config the finished run trained, and its seconds
 COMPONENT = "torchx_components/recsys.py:grouped_train"
 LAUNCHERS = ("local", "torchx")
+# a started run: its plan, config text, data fingerprint, log, process, open log file, start time
+_Job = tuple[RunPlan, str, dict[str, Any] | None, Path, subprocess.Popen[bytes], IO[bytes], float]
 
 
 class DataPrepFailed(UserError):
@@ -107,33 +116,60 @@ def launch_command(run: RunPlan, config: Path, launcher: Launcher) -> list[str]:
     return train_command(config, launcher.nproc)
 
 
-def done_seconds(run: RunPlan, text: str, settings: TrainSettings, work: Path) -> float | None:
-    """The training seconds of ``run`` if it already finished with the config ``text``, else None.
+def data_fingerprint(text: str) -> dict[str, Any] | None:
+    """What the run of config ``text`` trains on beyond the config's own words: the sha256 of
+    its data dir's ``meta.json``, each split's rows in the files, and the member specs resolved
+    against that schema (what a preset builds on this data).  None when the data or a spec
+    cannot be read (such a run is never counted as done; training names the problem)."""
+    from recsys.data.schema import META_FILE, Schema
+    from recsys.data.source import NpySplit
+    from recsys.models.preset import resolve_spec
 
-    A run from before ``study_run.json`` counts when its results are newer than the config
-    on disk and that config trains the same (what ``--reuse`` compared then)."""
-    run_dir = Path(settings.log_dir) / run.name
-    results = run_dir / "results.json"
-    if not results.is_file():
+    try:
+        cfg = load_config_text(text)
+        data = Path(cfg.data_dir)
+        meta = (data / META_FILE).read_bytes()
+        schema = Schema.load(data)
+        return {"meta_sha256": hashlib.sha256(meta).hexdigest(),
+                "rows": {split: len(NpySplit(data, split)) for split in sorted(schema.splits)},
+                "members": [resolve_spec(m, schema) for m in cfg.members]}
+    except (OSError, UserError):
         return None
+
+
+def done_seconds(run: RunPlan, text: str, settings: TrainSettings, work: Path) -> float | None:
+    """The training seconds of ``run`` if it already finished with the config ``text`` on the
+    data that is there now (``data_fingerprint``), else None; a finished run that is trained
+    again for its data or its missing fingerprint gets one line saying so."""
+    run_dir = Path(settings.log_dir) / run.name
     done = run_dir / DONE_FILE
-    if done.is_file():
-        d = json.loads(done.read_text())
-        return float(d["seconds"]) if same_config(str(d["config"]), text) else None
-    config, log = work / f"{run.name}.toml", work / f"{run.name}.log"
-    if config.is_file() and results.stat().st_mtime >= config.stat().st_mtime and same_config(config.read_text(), text):
-        return log.stat().st_mtime - config.stat().st_mtime if log.is_file() else 0.0
-    return None
+    if not (run_dir / "results.json").is_file() or not done.is_file():
+        return None
+    d = json.loads(done.read_text())
+    if not same_config(str(d["config"]), text):
+        return None
+    if "data" not in d:
+        print(f"tts_vs_params: retraining {run.name}: its {done} is from before data fingerprints", flush=True)
+        return None
+    now = data_fingerprint(text)
+    if now is None or d["data"] != now:
+        print(f"tts_vs_params: retraining {run.name}: its data ({load_config_text(text).data_dir}) or what its "
+              "member specs build on it changed since it trained", flush=True)
+        return None
+    return float(d["seconds"])
 
 
-def _finish(run: RunPlan, text: str, settings: TrainSettings, log: Path, returncode: int, seconds: float) -> None:
+def _finish(run: RunPlan, text: str, data: dict[str, Any] | None, settings: TrainSettings, log: Path,
+            returncode: int, seconds: float) -> None:
+    """Checks that ``run`` wrote its results and records it done with the config and the data
+    fingerprint taken when it started (``data``), so a restart can skip it."""
     run_dir = Path(settings.log_dir) / run.name
     if returncode != 0 or not (run_dir / "results.json").is_file():
         tail = log.read_text().splitlines()[-15:] if log.is_file() else []
         raise RunFailed(f"{run.name}: training exited with {returncode}"
                         f"{'' if returncode else ' without writing results.json'}; last lines of {log}:\n"
                         + "\n".join(tail))
-    (run_dir / DONE_FILE).write_text(json.dumps({"config": text, "seconds": seconds}))
+    (run_dir / DONE_FILE).write_text(json.dumps({"config": text, "seconds": seconds, "data": data}))
 
 
 def _tool_env() -> dict[str, str]:
@@ -186,15 +222,15 @@ def train_runs(runs: Sequence[RunPlan], settings: TrainSettings, work: Path, lau
         print(f"tts_vs_params: skipping {Path(settings.log_dir) / name} (done with the same config)", flush=True)
     width = len(todo) if launcher.kind == "local" or launcher.parallel == 0 else launcher.parallel
     width = 1 if launcher.kind == "local" else max(1, width)
-    running: list[tuple[RunPlan, str, Path, subprocess.Popen[bytes], IO[bytes], float]] = []
+    running: list[_Job] = []
     failures: list[str] = []
 
-    def reap(job: tuple[RunPlan, str, Path, subprocess.Popen[bytes], IO[bytes], float]) -> None:
-        run, text, log, proc, f, t0 = job
+    def reap(job: _Job) -> None:
+        run, text, data, log, proc, f, t0 = job
         code = proc.wait()
         f.close()
         try:
-            _finish(run, text, settings, log, code, time.perf_counter() - t0)
+            _finish(run, text, data, settings, log, code, time.perf_counter() - t0)
             seconds[run.name] = time.perf_counter() - t0
         except RunFailed as e:
             failures.append(str(e))
@@ -209,6 +245,7 @@ def train_runs(runs: Sequence[RunPlan], settings: TrainSettings, work: Path, lau
             if failures and launcher.kind == "local":
                 break  # one after another: a failure stops the study (its log says why)
             text = config_toml(run, settings)
+            data = data_fingerprint(text)  # before training: the data it starts from
             config, log = work / f"{run.name}.toml", work / f"{run.name}.log"
             config.write_text(text)
             print(f"tts_vs_params: training {run.name}: {len(run.members)} members in {len(run.groups)} groups "
@@ -216,11 +253,11 @@ def train_runs(runs: Sequence[RunPlan], settings: TrainSettings, work: Path, lau
             out = open(log, "wb")
             proc = subprocess.Popen(launch_command(run, config, launcher), cwd=ROOT, stdout=out,
                                     stderr=subprocess.STDOUT, env=_tool_env())
-            running.append((run, text, log, proc, out, time.perf_counter()))
+            running.append((run, text, data, log, proc, out, time.perf_counter()))
         while running:
             reap(running.pop(0))
     finally:
-        for run, _, _, proc, f, _ in running:  # interrupted: stop what this study started
+        for run, _, _, _, proc, f, _ in running:  # interrupted: stop what this study started
             proc.terminate()
             proc.wait()
             f.close()
