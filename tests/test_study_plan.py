@@ -280,7 +280,7 @@ def test_torchx_commands_and_dry_run(tmp_path, capsys, monkeypatch):
     cmd = tts.torchx_command(run, Path("w/tts_indep.toml"), tts.Launcher(
         "torchx", nproc=2, scheduler="slurm", scheduler_args="partition=gpu", component_args="--gpu 1 --cpu 8"))
     assert cmd[1:] == ["-m", "torchx.cli.main", "run", "-s", "slurm", "--wait", "-cfg", "partition=gpu",
-                       "torchx_components/recsys.py:grouped_train", "--config", "w/tts_indep.toml",
+                       str(tts.ROOT / "torchx_components/recsys.py") + ":grouped_train", "--config", "w/tts_indep.toml",
                        "--nproc_per_node", "2", "--name", "recsys_study/tts_indep", "--gpu", "1", "--cpu", "8"]
     assert tts.launch_command(run, Path("c.toml"), tts.Launcher())[-2:] == ["--config", "c.toml"]
     with pytest.raises(UserError):
@@ -297,6 +297,38 @@ def test_torchx_commands_and_dry_run(tmp_path, capsys, monkeypatch):
     for x in lines:  # each command's config is written and loads
         cfg = config_from_dict(tomllib.loads(Path(x[x.index("--config") + 1]).read_text()), check_data=False)
         assert cfg.train.patience == 2 and cfg.log_dir == str(tmp_path / "runs")
+
+
+def test_relative_paths_are_the_callers_and_dry_run_commands_run_from_anywhere(tmp_path, capsys, monkeypatch):
+    """--data/--work-dir/--log-dir/--checkpoint-dir/--plot given relative from another directory
+    name that directory's files, not the repository's (the study changes into the repository)."""
+    monkeypatch.chdir(tmp_path)  # the fixture changes back after the CLI's chdir
+    _toy_data(tmp_path / "mydata", ROWS)
+    rel = ["--data", "mydata", "--work-dir", "w", "--log-dir", "r", "--checkpoint-dir", "c", "--plot", "p.png"]
+    args = build_parser().parse_args(rel)
+    assert [args.data, args.work_dir, args.log_dir, args.checkpoint_dir, args.plot] == [
+        str(tmp_path / x) for x in ("mydata", "w", "r", "c", "p.png")]
+    common = [*rel, "--base", BASE, "--ms", "1", "--ens-seeds", "1", "--knobs", "mlp_width", "--no-hetero",
+              "--no-joint"]
+    assert tts.main([*common, "--plan-only"]) == 0  # the data is found: it is ./mydata, not the repository's
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)  # a new command, from the same directory
+    assert tts.main([*common, "--launcher", "torchx", "--dry-run"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if "torchx.cli.main" in x]
+    assert lines and (tmp_path / "w").is_dir() and not (tts.ROOT / "w").exists()
+    for line in lines:
+        assert line.startswith(f"cd {shlex.quote(str(tts.ROOT))} && ")
+        x = shlex.split(line.partition(" && ")[2])
+        config = Path(x[x.index("--config") + 1])
+        component = x[x.index("--wait") + 1]
+        assert config.is_absolute() and config.parent == tmp_path / "w" and Path(component.partition(":")[0]).is_file()
+        cfg = config_from_dict(tomllib.loads(config.read_text()), check_data=False)
+        assert (cfg.data_dir, cfg.log_dir, cfg.checkpoint_dir) == tuple(str(tmp_path / d) for d in ("mydata", "r", "c"))
+    # the defaults stay the repository's, written as before (so runs done with them still count)
+    d = build_parser().parse_args([])
+    assert (d.data, d.log_dir, d.work_dir, d.plot) == ("data/demo/criteo", "runs", "runs/tts_vs_params",
+                                                       "docs/tts_vs_params.png")
+    assert settings_from_args(d).data_dir == "data/demo/criteo"
 
 
 def test_hetero_wukong_scales_its_fm_mlp_with_the_base_at_the_official_ratio() -> None:

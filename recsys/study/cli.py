@@ -22,6 +22,7 @@ from recsys.cli import run_main
 from recsys.data.schema import Schema
 from recsys.study.cost import measure_budgets
 from recsys.study.options import (
+    DEMO_DATA,
     PROG,
     build_parser,
     plan_from_args,
@@ -45,9 +46,11 @@ from recsys.study.score import arm_scores, load_test_logits
 
 
 def _study(args: argparse.Namespace) -> int:
-    os.chdir(ROOT)  # relative paths (data, runs, the plot) are the repository's, as train_group.py's are
+    # The default paths (data, runs, the plot) are the repository's, as train_group.py's are;
+    # the paths the user gave are absolute already (``options._CwdPath``, at parse time).
+    os.chdir(ROOT)
     data = Path(args.data)
-    if args.data == "data/demo/criteo":
+    if data.resolve() == (ROOT / DEMO_DATA).resolve():
         ensure_data(data, args.demo_rows)
     schema = Schema.load(data)
     settings = settings_from_args(args)

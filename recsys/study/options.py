@@ -27,6 +27,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING
 from recsys.cli import parser_with_examples
 from recsys.study.configs import PRESET_RECIPE, TrainSettings
 from recsys.study.plan import ALL_KNOBS, DEFAULT_BASE, DEFAULT_HETERO, DEFAULT_KNOBS, Arm, RunPlan, build_plan, short_spec
-from recsys.study.run import LAUNCHERS, Launcher, dry_run, train_runs
+from recsys.study.run import LAUNCHERS, ROOT, Launcher, dry_run, train_runs
 
 if TYPE_CHECKING:
     from recsys.data.schema import Schema
@@ -42,7 +43,21 @@ if TYPE_CHECKING:
 PROG = "tts_vs_params"  # the prefix of every line the study prints (and the name of its outputs)
 # Our recipe, where --preset does not supply one (the preset's recipe fills what is not given).
 OUR_RECIPE = {"batch_size": 1024, "dense_lr": 1e-3, "embedding_optimizer": "rowwise_adagrad", "embedding_lr": 0.02}
+DEMO_DATA = "data/demo/criteo"  # --data's default, in the repository: synthesized when missing
 EPOCH_CAP = 100  # "to convergence": early stopping ends every run long before this
+
+
+class _CwdPath(argparse.Action):
+    """Stores a path the user gives as an absolute path, against the directory they ran the
+    command from: the study changes into the repository (whose relative defaults, ``runs``,
+    ``data/demo/criteo``, stay the repository's), so ``--data mydata`` from another directory
+    would otherwise name the repository's ``mydata``.  Defaults are left as they are
+    (argparse runs an action only for a given option), so configs of the default paths do
+    not change."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, os.path.abspath(str(values)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(parameter scaling), trained with recsys/train_group.py.",
         "Examples::" + (__doc__ or "Examples::").split("Examples::", 1)[1],
     )
-    p.add_argument("--data", default="data/demo/criteo", help="converted dataset dir (created as demo.sh does "
-                   "when it is the default and missing)")
+    p.add_argument("--data", default=DEMO_DATA, action=_CwdPath,
+                   help="converted dataset dir (created as demo.sh does when it is the default and missing); "
+                   "this and the other paths given are relative to where you run from, defaults to the repository")
     p.add_argument("--demo-rows", type=int, default=300_000, help="rows to synthesize when --data is missing")
     p.add_argument("--base", default=DEFAULT_BASE, help="the base member spec (its seed is ignored)")
     p.add_argument("--ms", type=int, nargs="+", default=[1, 2, 4], help="ensemble sizes / FLOP budgets")
@@ -106,10 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=0, help="torchx jobs at once (0 = all)")
     p.add_argument("--dry-run", action="store_true", help="write the configs, print the launch commands, exit")
     p.add_argument("--prefix", default="tts_", help="run-name prefix (runs/<prefix>indep, ...)")
-    p.add_argument("--log-dir", default="runs")
-    p.add_argument("--checkpoint-dir", default="checkpoints")
-    p.add_argument("--work-dir", default="runs/tts_vs_params", help="configs, logs, table and JSON go here")
-    p.add_argument("--plot", default="docs/tts_vs_params.png")
+    p.add_argument("--log-dir", default="runs", action=_CwdPath)
+    p.add_argument("--checkpoint-dir", default="checkpoints", action=_CwdPath)
+    p.add_argument("--work-dir", default="runs/tts_vs_params", action=_CwdPath, help="configs, logs, table and JSON go here")
+    p.add_argument("--plot", default="docs/tts_vs_params.png", action=_CwdPath)
     p.add_argument("--latency-batch", type=int, default=1024, help="0 skips latency")
     p.add_argument("--latency-repeats", type=int, default=50, help="timed rounds over all arms (round-robin; each arm's median is kept)")
     p.add_argument("--latency-threads", type=int, default=1,
@@ -223,6 +239,7 @@ def train_study(args: argparse.Namespace, runs: list[RunPlan], arms: list[Arm], 
 
 
 def print_dry_run(args: argparse.Namespace, runs: list[RunPlan], settings: TrainSettings) -> None:
-    """The command of every run still to train (its config written to ``--work-dir``)."""
+    """The command of every run still to train (its config written to ``--work-dir``), each
+    prefixed with ``cd <repository> &&`` and with absolute paths, so it runs from anywhere."""
     for cmd in dry_run(runs, settings, Path(args.work_dir), launcher_from_args(args), args.retrain):
-        print(shlex.join(cmd))
+        print(f"cd {shlex.quote(str(ROOT))} && {shlex.join(cmd)}")

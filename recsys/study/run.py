@@ -41,7 +41,8 @@ from recsys.study.plan import RunPlan
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: scripts and relative paths are taken from here
 DONE_FILE = "study_run.json"  # in runs/<name>: the config the finished run trained, and its seconds
-COMPONENT = "torchx_components/recsys.py:grouped_train"
+# absolute, so a printed command (--dry-run) names the component from any directory
+COMPONENT = f"{ROOT / 'torchx_components' / 'recsys.py'}:grouped_train"
 LAUNCHERS = ("local", "torchx")
 # a started run: its plan, config text, data fingerprint, log, process, open log file, start time
 _Job = tuple[RunPlan, str, dict[str, Any] | None, Path, subprocess.Popen[bytes], IO[bytes], float]
@@ -198,12 +199,14 @@ def pending_runs(runs: Sequence[RunPlan], settings: TrainSettings, work: Path,
 
 def dry_run(runs: Sequence[RunPlan], settings: TrainSettings, work: Path, launcher: Launcher,
             retrain: bool) -> list[list[str]]:
-    """Writes the configs of the runs still to train and returns their launch commands."""
+    """Writes the configs of the runs still to train and returns their launch commands, with
+    absolute paths (the config, the script or component), to be run from the repository
+    (``cd ROOT``: the configs' default paths and the component's script are the repository's)."""
     work.mkdir(parents=True, exist_ok=True)
     todo, _ = pending_runs(runs, settings, work, retrain)
     out = []
     for run in todo:
-        config = work / f"{run.name}.toml"
+        config = Path(os.path.abspath(work / f"{run.name}.toml"))
         config.write_text(config_toml(run, settings))
         out.append(launch_command(run, config, launcher))
     return out
