@@ -2,7 +2,7 @@
 member diversity, NE and calibration per row, the two latencies and the equal-latency rival.
 
 Pure functions are tested on constructed tensors; the CLI's scoring path runs on runs written
-by hand as train_group.py lays them out (``--reuse`` skips training), so no model is trained.
+by hand as train_group.py lays them out (their ``study_run.json`` says they are done), so no model is trained.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from recsys.study.cost import measure_budgets
 from recsys.study.diversity import ambiguity, diversity, logit_correlation, prob_ambiguity
 from recsys.study.paired import ALPHA, best_within_latency, gain_threshold, paired_tests
 from recsys.study.report import latency_verdict_lines, plot_diversity
+from recsys.study.run import DONE_FILE, data_fingerprint
 from recsys.study.score import ArmLogits, TestRowsDiffer, arm_scores, load_test_logits
 from tests.toy_data import toy_schema
 
@@ -207,7 +208,8 @@ def test_parallel_latency_is_the_slowest_member():
 # --- the CLI's scoring path on hand-written runs ----------------------------------------------
 
 def _fake_study(tmp_path: Path, argv: list[str]) -> None:
-    """Writes the configs --reuse accepts and, per run, results and logits on shared labels."""
+    """Writes, per run, results and logits on shared labels and the study_run.json a finished run
+    leaves (its config and data fingerprint), so the CLI skips training and scores them."""
     schema = toy_schema(num_fields=6, vocab=20)
     schema.save(tmp_path / "data")
     args = build_parser().parse_args(argv)
@@ -216,10 +218,13 @@ def _fake_study(tmp_path: Path, argv: list[str]) -> None:
     work = Path(args.work_dir)
     work.mkdir(parents=True)
     for k, run in enumerate(runs):
-        (work / f"{run.name}.toml").write_text(config_toml(run, settings_from_args(args)))
+        text = config_toml(run, settings_from_args(args))
+        (work / f"{run.name}.toml").write_text(text)
         x, y = _signal(n=800, m=len(run.members), seed=0)
         x = x + 0.1 * k * torch.randn(x.shape, generator=torch.Generator().manual_seed(k))
         _write_run(Path(args.log_dir), run.name, x, y, run.groups)
+        done = {"config": text, "seconds": 1.0, "data": data_fingerprint(text)}
+        (Path(args.log_dir) / run.name / DONE_FILE).write_text(json.dumps(done))
 
 
 def test_cli_scores_reused_runs_and_refuses_mixed_test_rows(tmp_path, monkeypatch, capsys):
@@ -246,6 +251,7 @@ def test_cli_scores_reused_runs_and_refuses_mixed_test_rows(tmp_path, monkeypatc
     err = [x for x in capsys.readouterr().err.splitlines() if "error" in x]  # (tqdm's progress goes there too)
     assert len(err) == 1
     assert err[0].startswith("tts_vs_params: error: runs tts_indep and tts_params were scored on different test rows")
+    assert err[0].endswith("train them again with --retrain") and "without --reuse" not in err[0]  # a flag that exists
 
 
 def test_every_arm_kind_has_its_own_plot_style() -> None:

@@ -9,8 +9,8 @@ the evaluator merges: the arithmetic mean of the logits.
 
 Why ``load_test_logits`` checks the labels: a paired test (DeLong) is only valid when both arms
 scored the same rows in the same order.  Every run of a study reads the same data dir and
-test split, so their label vectors must be equal; when they are not (``--reuse`` picked up a
-run trained on other data) the study refuses with one line instead of pairing unrelated rows.
+test split, so their label vectors must be equal; when they are not (a run trained on other
+data was kept, e.g. by hand) the study refuses with one line instead of pairing unrelated rows.
 
 Example::
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 
 class ResultsMissing(UserError, FileNotFoundError):
-    """A run's results.json is not there (it was not trained, or ``--reuse`` found none)."""
+    """A run's results.json is not there (it was not trained, or was set aside)."""
 
 
 class LogitsMissing(UserError, ValueError):
@@ -118,7 +118,7 @@ def arm_scores(arm: Arm, log_dir: Path) -> list[Score]:
     run_dir = log_dir / arm.run
     path = run_dir / "results.json"
     if not path.is_file():
-        raise ResultsMissing(f"{path}: missing (train the run first, or drop --reuse)")
+        raise ResultsMissing(f"{path}: missing (train the run first: run the study without --plan-only / --dry-run)")
     results = json.loads(path.read_text())
     need_logits = any(len(r) > 1 and not any(sorted(g["members"]) == sorted(r) for g in results.get("groups", []))
                       for r in arm.replicas)
@@ -153,7 +153,7 @@ def load_test_logits(arms: Sequence[Arm], log_dir: Path) -> list[ArmLogits | Non
         elif (why := _label_mismatch(first[1], got[1])) is not None:
             raise TestRowsDiffer(
                 f"runs {first[0]} and {arm.run} were scored on different test rows ({why}); paired tests need "
-                f"one data dir and split for every run: retrain without --reuse")
+                f"one data dir and split for every run: train them again with --retrain")
     out: list[ArmLogits | None] = []
     for arm in arms:
         got = loaded[arm.run]
