@@ -66,6 +66,24 @@ def test_match_budget_embedding_dim_steps_by_four(schema):
         tts.match_budget(BASE, "embedding_dim", int(1.2 * spec_flops(BASE, schema)), schema)
 
 
+def test_grow_int_knob_starts_from_what_the_preset_builds_and_names_why_it_stops(schema):
+    from recsys.study.plan_specs import grow_int_knob
+
+    # under the preset RankMixer's embedding_dim is 8 on this schema, not our default 16: the
+    # first step is 12, which fits 3x the base's FLOPs (16 would not)
+    base = "rankmixer:preset=tts4ctr,mlp=64-32"
+    assert tts.spec_field(base, "embedding_dim") == 16
+    grown = grow_int_knob(base, "embedding_dim", 3 * spec_flops(base, schema), schema, step=4)
+    assert tts.spec_field(grown, "embedding_dim") == 12
+    # a knob that adds no compute is worded as such, not as over budget
+    with pytest.raises(tts.PlanError, match="adds no compute") as e:
+        grow_int_knob(BASE, "seed", 10 * spec_flops(BASE, schema), schema)
+    assert "exceeding" not in str(e.value)
+    with pytest.raises(tts.PlanError, match="cannot grow by 1 without exceeding") as e:
+        grow_int_knob(BASE, "cross_layers", spec_flops(BASE, schema), schema)
+    assert "adds no compute" not in str(e.value)
+
+
 def test_build_plan_runs_and_arms(schema, plan):
     runs, arms, notes = plan
     assert len(notes) == 2 and all("'seed' does not change FLOPs" in n for n in notes)  # skipped, not fatal

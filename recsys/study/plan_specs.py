@@ -79,22 +79,35 @@ def grow_int_knob(base: str, knob: str, target_flops: int, schema: Schema, step:
                   cap: int = 1 << 16) -> str:
     """``base`` with the int field ``knob`` raised by ``step`` while the FLOPs stay within
     ``target_flops`` and the value within ``cap``: the largest such value.  ``PlanError`` when
-    not even one step fits (or the knob adds no compute)."""
-    from recsys.budget import spec_flops  # lazy: torch
+    not even one step fits, with why: over budget, the knob adds no compute (or takes some
+    away: under a preset, a spec that sets ``embedding_dim`` gets ``model_dim=0``), or at
+    ``cap``.
 
-    value = spec_field(base, knob)
+    The start is the value ``base`` builds with, read from the spec resolved against the
+    schema: under a preset that is the preset's (RankMixer's embedding_dim follows the
+    fields), not our default, which would skip or misname the first steps."""
+    from recsys.budget import spec_flops  # lazy: torch
+    from recsys.models.preset import resolve_spec
+
+    value = spec_field(resolve_spec(base, schema), knob)
     if not isinstance(value, int) or isinstance(value, bool):
         raise PlanError(f"{knob} of {base!r} is not an integer field")
     spec, flops = base, spec_flops(base, schema)
+    stop = f"is at its cap {cap}"
     while value + step <= cap:
         nxt = set_fields(base, **{knob: value + step})
         nxt_flops = spec_flops(nxt, schema)
-        if nxt_flops > target_flops or nxt_flops <= flops:  # over budget, or the knob adds no compute
+        if nxt_flops <= flops:
+            stop = (f"adds no compute: {knob}={value + step} costs {nxt_flops:,} FLOPs, "
+                    f"{'the same as' if nxt_flops == flops else 'less than'} {knob}={value}'s {flops:,}")
+            break
+        if nxt_flops > target_flops:
+            stop = (f"cannot grow by {step} without exceeding {target_flops:,} FLOPs "
+                    f"({knob}={value + step}: {nxt_flops:,})")
             break
         spec, value, flops = nxt, value + step, nxt_flops
     if spec == base:
-        raise PlanError(f"match_budget: {knob} of {base!r} cannot grow by {step} without exceeding "
-                        f"{target_flops:,} FLOPs")
+        raise PlanError(f"match_budget: {knob} of {base!r} {stop}")
     return spec
 
 
