@@ -208,9 +208,21 @@ def test_explicit_flags_win_over_the_converter_preset(tmp_path: Path, criteo_raw
     low = _convert(tmp_path, "low", train, test, "--preset", "tts4ctr", "--min-count", "3")
     meta = json.loads((low / "meta.json").read_text())["preprocessing"]
     assert meta["min_count"] == 3 and meta["field_min_counts"] == {f"I{j}": 1 for j in range(1, 14)}
-    # the preset sets nothing a hash or a saved vocabulary decides
-    h = _convert(tmp_path, "h", train, test, "--preset", "tts4ctr", "--hash", "1000")
-    assert json.loads((h / "meta.json").read_text())["preprocessing"]["field_min_counts"] is None
+
+
+def test_converter_preset_with_hash_is_refused(tmp_path: Path, criteo_raw: tuple[Path, Path],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Hashing has no min-count, so the preset would apply nothing yet be recorded in meta.json."""
+    train, test = criteo_raw
+    out = tmp_path / "h"
+    argv = ["--train", str(train), "--val", str(test), "--test", str(test), "--output", str(out), "--workers", "1",
+            "--no-progress", "--hash", "1000"]
+    assert convert_main("criteo", [*argv, "--preset", "tts4ctr"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--preset tts4ctr sets min-counts; it does not apply with --hash" in err
+    assert not out.exists()
+    assert convert_main("criteo", argv) == 0  # --hash alone converts
+    assert json.loads((out / "meta.json").read_text())["preprocessing"]["preset"] is None
 
 
 def test_converter_preset_errors_are_one_line(tmp_path: Path, criteo_raw: tuple[Path, Path],

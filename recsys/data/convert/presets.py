@@ -56,13 +56,18 @@ PRESETS: dict[str, ConvertPreset] = {
 def apply_preset(cfg: ConvertConfig) -> ConvertConfig:
     """``cfg`` with its preset's values wherever the flags left one unset; "" changes nothing.
 
-    ``--hash`` and ``--vocab-from`` count nothing, so there it sets nothing (a saved vocabulary
-    has its own thresholds).  The split and the numeric rule are our defaults already.
+    ``--hash`` counts nothing, so a preset (all min-counts) would apply nothing there, yet
+    ``meta.json`` would record it as if the data were preprocessed by it: refused, one line.
+    ``--vocab-from`` counts nothing either; there it sets nothing (the saved vocabulary has its
+    own thresholds, from the preset when it was made with it).  The split and the numeric rule
+    are our defaults already.
     """
     if not cfg.preset:
         return cfg
     if cfg.preset not in PRESETS:
         raise InputError(f"unknown preset {cfg.preset!r}; valid: {', '.join(PRESETS)}")
+    if cfg.hash_size is not None:
+        raise InputError(f"--preset {cfg.preset} sets min-counts; it does not apply with --hash")
     p = PRESETS[cfg.preset]
     counted = cfg.hash_size is None and cfg.vocab_from is None
     return replace(
