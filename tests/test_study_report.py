@@ -6,6 +6,8 @@ by hand as train_group.py lays them out (their ``study_run.json`` says they are 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 from pathlib import Path
@@ -180,7 +182,7 @@ def test_rows_with_logits_tables_and_verdicts(tmp_path):
     assert len(div.splitlines()) == 2 + 2 and "| logit corr |" in div
     lines = verdict_lines(rows)
     assert len(lines) == 2 and "paired, ensemble minus single:" in lines[0] and "DeLong p" in lines[0]
-    assert lines[1].startswith("budget 2x: homogeneous ensemble (K=M), M=2 vs the base model (M=1): +")
+    assert lines[1].startswith("M=2 at 2.00x FLOPs: homogeneous ensemble (K=M), M=2 vs the base model (M=1): +")
     lat = latency_verdict_lines(rows)
     assert len(lat) == 2 and lat[0].startswith("equal latency, parallel: homogeneous ensemble (K=M), M=2 at 1.05 ms")
     d = ens.to_dict()
@@ -189,6 +191,9 @@ def test_rows_with_logits_tables_and_verdicts(tmp_path):
     png = tmp_path / "d.png"
     assert plot_diversity(rows, png) and png.read_bytes()[:4] == b"\x89PNG"
     assert not plot_diversity(rows[:1], tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+    # a joint ensemble's members are not models alone: it is left out of the diversity plot
+    joint = [dataclasses.replace(r, kind="joint") if r.diversity else r for r in rows]
+    assert not plot_diversity(joint, tmp_path / "joint.png") and not (tmp_path / "joint.png").exists()
 
 
 def test_parallel_latency_is_the_slowest_member():

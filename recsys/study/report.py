@@ -267,7 +267,10 @@ def table_markdown(rows: Sequence[Row]) -> str:
     if len(div) > 2:
         tables.append("\n".join(div))
         tables.append("Ambiguity (logit): mean member logloss minus the logloss of the mean logit (the merge "
-                      "served; >= 0, label-free); (prob): the same against the mean probability.")
+                      "served; >= 0, label-free); (prob): the same against the mean probability. Members of a "
+                      "joint or grouped ensemble (K < M) are trained on their group's loss, so one alone is no "
+                      "model: their gain over a member measures co-adaptation, not merging, and the diversity "
+                      "plot leaves them out.")
     return "\n\n".join(tables)
 
 
@@ -289,9 +292,11 @@ def verdict_lines(rows: Sequence[Row]) -> list[str]:
         if r.vs_ensemble is not None:
             line += f"; paired, ensemble minus single: {r.vs_ensemble.flipped(e.name).summary()}"
         out.append(line)
+    base = next((r.flops for r in rows if r.kind == "ensemble" and r.m == 1), 0)
     for r in rows:
-        if r.vs_base is not None:
-            out.append(f"budget {r.budget_m}x: {r.name} vs the base model (M=1): {r.vs_base.summary()}")
+        if r.vs_base is not None:  # a heterogeneous M=8 is not an 8x budget: say its FLOPs
+            out.append(f"M={r.m} at {_budget(r, base)} FLOPs: {r.name} vs the base model (M=1): "
+                       f"{r.vs_base.summary()}")
     return out
 
 
@@ -357,15 +362,19 @@ def _finish(fig: Figure, ax: Axes, path: Path, xlabel: str, ylabel: str, title: 
     fig.savefig(path, dpi=120)
 
 
+# Ensemble kinds whose members are each trained alone (K = M): only there is a member a model of
+# its own, so only there does "gain over the mean / best member" measure what merging buys.
+TRAINED_ALONE = ("ensemble", "hetero")
 # Short point labels of the diversity plot, per ensemble kind.
 _TAGS = {"ensemble": "homog.", "joint": "joint", "grouped": "grouped", "hetero": "hetero"}
 
 
 def plot_diversity(rows: Sequence[Row], path: Path, title: str = "") -> bool:
     """Ensemble AUC gain over its mean member (filled) and over its best member (hollow) against
-    the members' mean pairwise logit correlation, one point per ensemble replica, labeled
-    ``<kind> M=<m> r<replica>``.  Returns False (and writes nothing) when no row has diversity numbers."""
-    pts = [(r, k, d) for r in rows for k, d in enumerate(r.diversity) if not math.isnan(d.logit_correlation)]
+    the members' mean pairwise logit correlation, one point per ensemble replica of a kind in
+    ``TRAINED_ALONE``, labeled ``<kind> M=<m> r<replica>``.  Returns False (and writes nothing) when no row has diversity numbers."""
+    pts = [(r, k, d) for r in rows if r.kind in TRAINED_ALONE for k, d in enumerate(r.diversity)
+           if not math.isnan(d.logit_correlation)]
     if not pts:
         return False
     from matplotlib.figure import Figure  # lazy: matplotlib costs seconds; only the plot needs it
