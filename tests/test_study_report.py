@@ -267,3 +267,25 @@ def test_every_arm_kind_has_its_own_plot_style() -> None:
     assert set(KIND_LABELS) <= set(_STYLES)
     assert len({_STYLES[k][:2] for k in KIND_LABELS}) == len(KIND_LABELS)  # color and marker differ
     assert set(TTS_KINDS) <= set(_TAGS)
+
+
+def test_report_only_scores_the_runs_on_disk_without_training(tmp_path, monkeypatch, capsys):
+    # records from before data fingerprints would retrain; --report-only scores them as they are
+    monkeypatch.chdir(tmp_path)
+    argv = ["--data", str(tmp_path / "data"), "--base", BASE, "--ms", "1", "2", "--ens-seeds", "2", "--seeds", "1",
+            "--knobs", "mlp_width", "--no-hetero", "--no-joint", "--latency-batch", "0", "--log-dir",
+            str(tmp_path / "runs"), "--work-dir", str(tmp_path / "work"), "--checkpoint-dir", str(tmp_path / "ck"),
+            "--plot", str(tmp_path / "plot.png")]
+    _fake_study(tmp_path, argv)
+    for done in (tmp_path / "runs").glob(f"*/{DONE_FILE}"):
+        record = json.loads(done.read_text())
+        del record["data"]
+        record["seconds"] = 7.0
+        done.write_text(json.dumps(record))
+    assert main([*argv, "--report-only"]) == 0
+    out = capsys.readouterr().out
+    assert "retraining" not in out and "training 14 s" in out  # the recorded seconds of both runs, nothing trained
+    (tmp_path / "runs" / "tts_params" / "results.json").unlink()
+    assert main([*argv, "--report-only"]) == 1  # results that cannot be read: exit 1 (the CLI's doc), one line
+    err = [x for x in capsys.readouterr().err.splitlines() if "error" in x]
+    assert len(err) == 1 and "results.json" in err[0]

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from recsys.cli import parser_with_examples
 from recsys.study.configs import PRESET_RECIPE, TrainSettings
 from recsys.study.plan import ALL_KNOBS, DEFAULT_BASE, DEFAULT_HETERO, DEFAULT_KNOBS, Arm, RunPlan, build_plan, short_spec
-from recsys.study.run import LAUNCHERS, ROOT, Launcher, dry_run, train_runs
+from recsys.study.run import LAUNCHERS, ROOT, Launcher, dry_run, recorded_seconds, train_runs
 
 if TYPE_CHECKING:
     from recsys.data.schema import Schema
@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads while timing (1 = least disturbed by the other jobs on a shared machine)")
     p.add_argument("--retrain", action="store_true", help="train every run again, even those done with the same config")
     p.add_argument("--reuse", action="store_true", help="(the default now: done runs are skipped; kept for old scripts)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: score, time and plot the runs on disk as they are (no config or data check; "
+                        "a run without results.json is an error), e.g. to re-measure latency on a quiet machine")
     p.add_argument("--keep-checkpoints", action="store_true")
     p.add_argument("--plan-only", action="store_true", help="print the plan (specs, FLOPs) and exit")
     return p
@@ -233,7 +236,10 @@ def train_study(args: argparse.Namespace, runs: list[RunPlan], arms: list[Arm], 
     sweep: each at its best val AUC) and one line per swept arm saying which lr it got."""
     from recsys.study.sweep import best_lr_arms
 
-    seconds = train_runs(runs, settings, work, launcher_from_args(args), args.retrain, args.keep_checkpoints)
+    if args.report_only:
+        seconds = {r.name: recorded_seconds(r, settings) for r in runs}
+    else:
+        seconds = train_runs(runs, settings, work, launcher_from_args(args), args.retrain, args.keep_checkpoints)
     best, lines = best_lr_arms(arms, Path(args.log_dir))
     return seconds, best, lines
 

@@ -160,6 +160,16 @@ def done_seconds(run: RunPlan, text: str, settings: TrainSettings, work: Path) -
     return float(d["seconds"])
 
 
+def recorded_seconds(run: RunPlan, settings: TrainSettings) -> float:
+    """The training seconds ``run``'s ``study_run.json`` recorded (0.0 without one), for
+    ``--report-only``, which scores the runs on disk without training or checking them."""
+    done = Path(settings.log_dir) / run.name / DONE_FILE
+    try:
+        return float(json.loads(done.read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
 def _finish(run: RunPlan, text: str, data: dict[str, Any] | None, settings: TrainSettings, log: Path,
             returncode: int, seconds: float) -> None:
     """Checks that ``run`` wrote its results and records it done with the config and the data
