@@ -236,11 +236,11 @@ def test_restart_skips_done_runs_and_retrains_killed_ones(tmp_path, capsys):
     (tmp_path / "runs" / "older").mkdir()  # a run from before study_run.json
     (tmp_path / "runs" / "older" / "results.json").write_text("{}")
     (work / "older.toml").write_text(tts.config_toml(runs[4], settings))
-    todo, done = pending_runs(runs, settings, work, retrain=False)
+    todo, done = pending_runs(runs, settings, retrain=False)
     assert [r.name for r in todo] == ["killed", "changed", "old", "older"] and done == {"done": 12.5}
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "retraining old:" in out and "from before data fingerprints" in out
-    assert pending_runs(runs, settings, work, retrain=True)[0] == runs
+    assert pending_runs(runs, settings, retrain=True)[0] == runs
 
 
 def test_restart_retrains_when_the_data_or_what_a_preset_builds_changed(tmp_path, capsys):
@@ -251,28 +251,28 @@ def test_restart_retrains_when_the_data_or_what_a_preset_builds_changed(tmp_path
     settings = tts.TrainSettings(data_dir=str(data), log_dir=str(tmp_path / "runs"), epochs=1)
     run = tts.RunPlan("r", ["fnn:seed=1,preset=tts4ctr"], [[0]])
     _finished(settings, run)
-    assert pending_runs([run], settings, tmp_path, retrain=False)[1] == {"r": 12.5}
+    assert pending_runs([run], settings, retrain=False)[1] == {"r": 12.5}
     fp = data_fingerprint(tts.config_toml(run, settings))
     assert fp is not None and fp["rows"] == ROWS and len(fp["meta_sha256"]) == 64
     assert fp["members"][0].startswith("fnn:seed=1,preset=tts4ctr,") and "embedding_init" in fp["members"][0]
     # what the preset builds changed since (e.g. a new version of the preset): retrained
     _finished(settings, run, data={**fp, "members": ["fnn:seed=1,preset=tts4ctr,mlp=8"]})
-    assert pending_runs([run], settings, tmp_path, retrain=False)[0] == [run]
+    assert pending_runs([run], settings, retrain=False)[0] == [run]
     assert "retraining r: its data" in capsys.readouterr().out
     _finished(settings, run)
     # the data converted again in place: more rows, the same vocabulary
     _toy_data(data, {**ROWS, "train": 41})
-    assert pending_runs([run], settings, tmp_path, retrain=False)[0] == [run]
+    assert pending_runs([run], settings, retrain=False)[0] == [run]
     # other vocabulary sizes, the same rows
     _toy_data(data, ROWS)
     _finished(settings, run)
     _toy_data(data, ROWS, vocab=21)
-    assert pending_runs([run], settings, tmp_path, retrain=False)[0] == [run]
+    assert pending_runs([run], settings, retrain=False)[0] == [run]
     # the data gone: not done (training will name what is missing)
     _finished(settings, run)
     for f in data.iterdir():
         f.unlink()
-    assert pending_runs([run], settings, tmp_path, retrain=False)[0] == [run]
+    assert pending_runs([run], settings, retrain=False)[0] == [run]
 
 
 def test_torchx_commands_and_dry_run(tmp_path, capsys, monkeypatch):

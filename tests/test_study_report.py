@@ -137,6 +137,19 @@ def test_scores_carry_ne_and_calibration(tmp_path):
     assert math.isnan(Score.of_json({"auc": 0.7, "logloss": 0.5}).ne)  # a results.json from before NE
 
 
+def test_scores_and_paired_logits_read_each_run_once(tmp_path):
+    x, y = _signal(n=300, m=4)
+    _write_run(tmp_path, "r", x, y, [[i] for i in range(4)])
+    arms = [Arm("ensemble", 2, 2, "r", [[0, 1], [2, 3]], ["x", "x"]), Arm("ensemble", 4, 4, "r", [[0, 1, 2, 3]], ["x"] * 4)]
+    cache: dict = {}
+    scores = [arm_scores(a, tmp_path, cache) for a in arms]
+    (tmp_path / "r" / "logits_test.pt").unlink()  # from here on only the cache holds it
+    got = load_test_logits(arms, tmp_path, cache)
+    assert list(cache) == ["r"] and got[0] is not None and torch.equal(got[0].merged(1), x[:, 2:].double().mean(1))
+    assert scores[0][1].auc == pytest.approx(Metrics.of(x[:, 2:].double().mean(1), y).auc)
+    assert load_test_logits(arms, tmp_path) == [None, None]  # without the cache the file is read (and gone)
+
+
 def test_load_test_logits_refuses_other_test_rows(tmp_path):
     x, y = _signal(n=300, m=2)
     _write_run(tmp_path, "a", x, y, [[0], [1]])

@@ -104,4 +104,4 @@ def test_study_runs_fan_out_through_torchx(tmp_path: Path) -> None:
         assert json.loads((tmp_path / "runs" / name / "results.json").read_text())["members"][0]["auc"] > 0.5
         assert (tmp_path / "runs" / name / DONE_FILE).is_file() and not (tmp_path / "ckpt" / name).exists()
         assert "Job finished: SUCCEEDED" in (tmp_path / "work" / f"{name}.log").read_text()
-    assert pending_runs(runs, settings, tmp_path / "work", retrain=False)[0] == []
+    assert pending_runs(runs, settings, retrain=False)[0] == []

@@ -42,7 +42,7 @@ from recsys.study.report import (
     verdict_lines,
 )
 from recsys.study.run import ROOT, ensure_data
-from recsys.study.score import arm_scores, load_test_logits
+from recsys.study.score import LogitsCache, arm_scores, load_test_logits
 
 
 def _study(args: argparse.Namespace) -> int:
@@ -67,12 +67,13 @@ def _study(args: argparse.Namespace) -> int:
     try:
         seconds, arms, lr_picks = train_study(args, runs, arms, settings, work)
         notes += lr_picks
-        scores = [arm_scores(a, Path(args.log_dir)) for a in arms]
+        cache: LogitsCache = {}  # each run's test logits read once, for the scores and the paired tests
+        scores = [arm_scores(a, Path(args.log_dir), cache) for a in arms]
     except (RuntimeError, FileNotFoundError, ValueError) as e:  # a failed run keeps its log's tail: not one line
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
 
-    logits = load_test_logits(arms, Path(args.log_dir))  # refuses runs scored on different test rows
+    logits = load_test_logits(arms, Path(args.log_dir), cache)  # refuses runs scored on different test rows
     budgets = measure_budgets(arms, schema, args.latency_batch, args.latency_repeats, args.latency_threads)
     rows = build_rows(arms, scores, budgets, logits)
     table = table_markdown(rows)

@@ -138,7 +138,7 @@ def data_fingerprint(text: str) -> dict[str, Any] | None:
         return None
 
 
-def done_seconds(run: RunPlan, text: str, settings: TrainSettings, work: Path) -> float | None:
+def done_seconds(run: RunPlan, text: str, settings: TrainSettings) -> float | None:
     """The training seconds of ``run`` if it already finished with the config ``text`` on the
     data that is there now (``data_fingerprint``), else None; a finished run that is trained
     again for its data or its missing fingerprint gets one line saying so."""
@@ -193,13 +193,13 @@ def train_run(run: RunPlan, settings: TrainSettings, work: Path, nproc: int, reu
     return train_runs([run], settings, work, Launcher(nproc=nproc), retrain=not reuse)[run.name]
 
 
-def pending_runs(runs: Sequence[RunPlan], settings: TrainSettings, work: Path,
+def pending_runs(runs: Sequence[RunPlan], settings: TrainSettings,
                  retrain: bool) -> tuple[list[RunPlan], dict[str, float]]:
     """The runs still to train, and the seconds of those already done (skipped)."""
     todo: list[RunPlan] = []
     done: dict[str, float] = {}
     for run in runs:
-        seconds = None if retrain else done_seconds(run, config_toml(run, settings), settings, work)
+        seconds = None if retrain else done_seconds(run, config_toml(run, settings), settings)
         if seconds is None:
             todo.append(run)
         else:
@@ -213,7 +213,7 @@ def dry_run(runs: Sequence[RunPlan], settings: TrainSettings, work: Path, launch
     absolute paths (the config, the script or component), to be run from the repository
     (``cd ROOT``: the configs' default paths and the component's script are the repository's)."""
     work.mkdir(parents=True, exist_ok=True)
-    todo, _ = pending_runs(runs, settings, work, retrain)
+    todo, _ = pending_runs(runs, settings, retrain)
     out = []
     for run in todo:
         config = Path(os.path.abspath(work / f"{run.name}.toml"))
@@ -230,11 +230,10 @@ def train_runs(runs: Sequence[RunPlan], settings: TrainSettings, work: Path, lau
     jobs at once (0: all) and waits for them.  Checkpoints are deleted as each run ends unless
     ``keep_checkpoints``.  ``RunFailed`` after all started jobs ended, if any failed."""
     work.mkdir(parents=True, exist_ok=True)
-    todo, seconds = pending_runs(runs, settings, work, retrain)
+    todo, seconds = pending_runs(runs, settings, retrain)
     for name in seconds:
         print(f"tts_vs_params: skipping {Path(settings.log_dir) / name} (done with the same config)", flush=True)
-    width = len(todo) if launcher.kind == "local" or launcher.parallel == 0 else launcher.parallel
-    width = 1 if launcher.kind == "local" else max(1, width)
+    width = 1 if launcher.kind == "local" else (launcher.parallel or max(1, len(todo)))
     running: list[_Job] = []
     failures: list[str] = []
 
@@ -242,9 +241,10 @@ def train_runs(runs: Sequence[RunPlan], settings: TrainSettings, work: Path, lau
         run, text, data, log, proc, f, t0 = job
         code = proc.wait()
         f.close()
+        took = time.perf_counter() - t0
         try:
-            _finish(run, text, data, settings, log, code, time.perf_counter() - t0)
-            seconds[run.name] = time.perf_counter() - t0
+            _finish(run, text, data, settings, log, code, took)
+            seconds[run.name] = took
         except RunFailed as e:
             failures.append(str(e))
         finally:

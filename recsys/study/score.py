@@ -86,6 +86,19 @@ def _load_logits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
     return d["member_logits"], d["labels"]  # [N, M], [N]
 
 
+# run name -> its (member logits [N, M], labels [N]) or None, shared by ``arm_scores`` and
+# ``load_test_logits`` so each run's logits_test.pt (hundreds of MB on a real test day) is read once
+LogitsCache = dict[str, "tuple[torch.Tensor, torch.Tensor] | None"]
+
+
+def _run_logits(log_dir: Path, run: str, cache: LogitsCache | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if cache is None:
+        return _load_logits(log_dir / run)
+    if run not in cache:
+        cache[run] = _load_logits(log_dir / run)
+    return cache[run]
+
+
 def replica_score(
     results: dict[str, Any], replica: Sequence[int], logits: tuple[torch.Tensor, torch.Tensor] | None
 ) -> Score:
@@ -112,9 +125,9 @@ def replica_score(
     return Score(x.auc, x.logloss, x.ne, x.calibration)
 
 
-def arm_scores(arm: Arm, log_dir: Path) -> list[Score]:
+def arm_scores(arm: Arm, log_dir: Path, cache: LogitsCache | None = None) -> list[Score]:
     """One ``Score`` per replica of ``arm``, from ``log_dir/<arm.run>``; the logits file is read
-    only when some replica is not a group of the run."""
+    only when some replica is not a group of the run (once per run with a shared ``cache``)."""
     run_dir = log_dir / arm.run
     path = run_dir / "results.json"
     if not path.is_file():
@@ -122,7 +135,7 @@ def arm_scores(arm: Arm, log_dir: Path) -> list[Score]:
     results = json.loads(path.read_text())
     need_logits = any(len(r) > 1 and not any(sorted(g["members"]) == sorted(r) for g in results.get("groups", []))
                       for r in arm.replicas)
-    logits = _load_logits(run_dir) if need_logits else None
+    logits = _run_logits(log_dir, arm.run, cache) if need_logits else None
     return [replica_score(results, r, logits) for r in arm.replicas]
 
 
@@ -134,25 +147,24 @@ def _label_mismatch(a: torch.Tensor, b: torch.Tensor) -> str | None:
     return f"labels differ at {differ} of {a.numel()} rows" if differ else None
 
 
-def load_test_logits(arms: Sequence[Arm], log_dir: Path) -> list[ArmLogits | None]:
-    """Each arm's ``ArmLogits`` (None when its run saved no logits_test.pt), each run read once.
+def load_test_logits(arms: Sequence[Arm], log_dir: Path, cache: LogitsCache | None = None) -> list[ArmLogits | None]:
+    """Each arm's ``ArmLogits`` (None when its run saved no logits_test.pt), each run read once
+    (and not again when ``cache`` already holds it from ``arm_scores``).
 
     Raises ``TestRowsDiffer`` when two runs' test labels differ (count or values): a paired
     test needs the same rows in the same order in every arm.
     """
-    loaded: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
+    loaded: LogitsCache = {} if cache is None else cache
     first: tuple[str, torch.Tensor] | None = None
-    for arm in arms:
-        if arm.run in loaded:
-            continue
-        got = loaded[arm.run] = _load_logits(log_dir / arm.run)
+    for run in dict.fromkeys(a.run for a in arms):
+        got = _run_logits(log_dir, run, loaded)
         if got is None:
             continue
         if first is None:
-            first = (arm.run, got[1])
+            first = (run, got[1])
         elif (why := _label_mismatch(first[1], got[1])) is not None:
             raise TestRowsDiffer(
-                f"runs {first[0]} and {arm.run} were scored on different test rows ({why}); paired tests need "
+                f"runs {first[0]} and {run} were scored on different test rows ({why}); paired tests need "
                 f"one data dir and split for every run: train them again with --retrain")
     out: list[ArmLogits | None] = []
     for arm in arms:
