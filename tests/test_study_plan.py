@@ -128,6 +128,11 @@ def test_lr_sweep_keeps_each_arm_at_its_best_val_auc(schema, tmp_path):
     assert tts.expand_lrs(runs, arms, []) == (runs, arms)
     with pytest.raises(tts.PlanError):
         tts.expand_lrs(runs, arms, [0.0])
+    (tmp_path / "tts_indep_lr0.001" / "logits_val.pt").unlink()  # a 2-member replica needs the val logits
+    with pytest.raises(tts.LogitsMissing, match="logits_val.pt is missing"):
+        tts.val_auc(best[1], tmp_path)
+    singles = (auc_score(good[:, 0], labels) + auc_score(good[:, 1], labels)) / 2  # M=1: replicas [0], [1]
+    assert tts.val_auc(best[0], tmp_path) == pytest.approx(singles)  # single members: read from val_results.json
 
 
 def _args(*argv: str):

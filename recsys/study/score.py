@@ -76,8 +76,12 @@ class ArmLogits:
         return self.replicas[replica].double().mean(dim=1)
 
 
-def _load_logits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
-    path = run_dir / "logits_test.pt"
+# What train_group.py writes per split: the scores, and the member logits [N, M] with labels [N].
+RESULTS_FILES = {"test": "results.json", "val": "val_results.json"}
+
+
+def _load_logits(run_dir: Path, split: str = "test") -> tuple[torch.Tensor, torch.Tensor] | None:
+    path = run_dir / f"logits_{split}.pt"
     if not path.is_file():
         return None
     import torch  # lazy: `import recsys.study` stays torch-free (--help)
@@ -125,17 +129,22 @@ def replica_score(
     return Score(x.auc, x.logloss, x.ne, x.calibration)
 
 
-def arm_scores(arm: Arm, log_dir: Path, cache: LogitsCache | None = None) -> list[Score]:
-    """One ``Score`` per replica of ``arm``, from ``log_dir/<arm.run>``; the logits file is read
-    only when some replica is not a group of the run (once per run with a shared ``cache``)."""
+def arm_scores(arm: Arm, log_dir: Path, cache: LogitsCache | None = None, split: str = "test") -> list[Score]:
+    """One ``Score`` per replica of ``arm`` on ``split`` (test, or val for the lr sweep), from
+    ``log_dir/<arm.run>``; the logits file is read only when some replica is not a group of the
+    run (once per run with a shared ``cache``, which holds test logits only)."""
     run_dir = log_dir / arm.run
-    path = run_dir / "results.json"
+    path = run_dir / RESULTS_FILES[split]
     if not path.is_file():
         raise ResultsMissing(f"{path}: missing (train the run first: run the study without --plan-only / --dry-run)")
     results = json.loads(path.read_text())
     need_logits = any(len(r) > 1 and not any(sorted(g["members"]) == sorted(r) for g in results.get("groups", []))
                       for r in arm.replicas)
-    logits = _run_logits(log_dir, arm.run, cache) if need_logits else None
+    logits = None
+    if need_logits:
+        logits = _run_logits(log_dir, arm.run, cache) if split == "test" else _load_logits(run_dir, split)
+        if logits is None:
+            raise LogitsMissing(f"{arm.run}: a replica is no group of the run, and its logits_{split}.pt is missing")
     return [replica_score(results, r, logits) for r in arm.replicas]
 
 

@@ -3,7 +3,7 @@ and each arm read at the one where its validation AUC is best ("each arm at its 
 
 Why per arm and on val: a wider model or a jointly trained ensemble may want another step
 size than the base; picking on the val split keeps the test split out of the choice.  An
-arm's val AUC is the mean over its replicas, scored as the test split is (``replica_score``)
+arm's val AUC is the mean over its replicas, scored as the test split is (``arm_scores(..., split="val")``)
 from ``runs/<run>/val_results.json`` and ``logits_val.pt``, which every run writes.
 
 Example::
@@ -15,13 +15,12 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 from pathlib import Path
 from typing import Sequence
 
 from recsys.study.plan import Arm, PlanError, RunPlan
-from recsys.study.score import ResultsMissing, replica_score
+from recsys.study.score import arm_scores
 
 
 def lr_run_name(name: str, lr: float) -> str:
@@ -43,18 +42,7 @@ def expand_lrs(runs: Sequence[RunPlan], arms: Sequence[Arm], lrs: Sequence[float
 
 def val_auc(arm: Arm, log_dir: Path) -> float:
     """Mean val AUC over the arm's replicas (mean member logit, as the test scores)."""
-    run_dir = log_dir / arm.run
-    path = run_dir / "val_results.json"
-    if not path.is_file():
-        raise ResultsMissing(f"{path}: missing (the run did not finish)")
-    results = json.loads(path.read_text())
-    logits = None
-    if (run_dir / "logits_val.pt").is_file():
-        import torch  # lazy: `import recsys.study` stays torch-free (--help)
-
-        d = torch.load(run_dir / "logits_val.pt", map_location="cpu")
-        logits = d["member_logits"], d["labels"]
-    return statistics.fmean(replica_score(results, r, logits).auc for r in arm.replicas)
+    return statistics.fmean(s.auc for s in arm_scores(arm, log_dir, split="val"))
 
 
 def _key(a: Arm) -> tuple[object, ...]:
