@@ -42,6 +42,7 @@ from recsys.study.plan import Arm
 if TYPE_CHECKING:
     from recsys.data.schema import Schema
     from recsys.ensemble import EnsembleGroup
+    from recsys.models.member import Member
 
 
 @dataclass
@@ -53,29 +54,36 @@ class Budget:
     latency_parallel_ms: float | None = None  # one server per member: the slowest member's latency
 
 
+def _members(specs: Sequence[str], schema: Schema) -> list[Member]:
+    """Freshly initialized members of ``specs``, named as a run names them."""
+    # lazy: `import recsys.study` stays torch-free, so `python -m recsys.study --help` is fast
+    from recsys.ensemble import member_names
+    from recsys.models.registry import build_member
+
+    return [build_member(s, schema, n) for s, n in zip(specs, member_names(specs))]
+
+
 def arm_modules(arm: Arm, schema: Schema) -> EnsembleGroup:
     """Replica 0 of an arm as one ``EnsembleGroup`` (freshly initialized: latency and counts
     do not depend on the trained weights)."""
-    # lazy: `import recsys.study` stays torch-free, so `python -m recsys.study --help` is fast
-    from recsys.ensemble import EnsembleGroup, member_names
-    from recsys.models.registry import build_member
+    from recsys.ensemble import EnsembleGroup  # lazy: `import recsys.study` stays torch-free
 
-    return EnsembleGroup([build_member(s, schema, n) for s, n in zip(arm.specs, member_names(arm.specs))])
+    return EnsembleGroup(_members(arm.specs, schema))
 
 
 def member_modules(specs: Sequence[str], schema: Schema) -> list[EnsembleGroup]:
     """Each member spec as its own one-member ``EnsembleGroup`` (what one server per member runs)."""
-    from recsys.ensemble import EnsembleGroup, member_names  # lazy: `import recsys.study` stays torch-free
-    from recsys.models.registry import build_member
+    from recsys.ensemble import EnsembleGroup  # lazy: `import recsys.study` stays torch-free
 
-    return [EnsembleGroup([build_member(s, schema, n)]) for s, n in zip(specs, member_names(specs))]
+    return [EnsembleGroup([m]) for m in _members(specs, schema)]
 
 
-def arm_budget(arm: Arm, schema: Schema) -> Budget:
-    """Exact parameter and FLOP counts of one replica (latency is measured separately)."""
+def arm_budget(arm: Arm, schema: Schema, group: EnsembleGroup | None = None) -> Budget:
+    """Exact parameter and FLOP counts of one replica (latency is measured separately);
+    ``group`` is the replica already built by ``arm_modules``, if the caller has it."""
     from recsys.budget import count_params, spec_flops  # lazy: `import recsys.study` stays torch-free (--help)
 
-    dense, emb = count_params(arm_modules(arm, schema))
+    dense, emb = count_params(arm_modules(arm, schema) if group is None else group)
     return Budget(dense, emb, sum(spec_flops(s, schema) for s in arm.specs), None)
 
 
@@ -122,14 +130,16 @@ def measure_budgets(
     threads = torch.get_num_threads()
     torch.set_num_threads(latency_threads)
     try:
-        budgets = [arm_budget(a, schema) for a in arms]
+        # each multi-member replica is built once, for its counts and its 1-proc latency
+        groups = {i: arm_modules(a, schema) for i, a in enumerate(arms) if len(a.specs) > 1}
+        budgets = [arm_budget(a, schema, groups.get(i)) for i, a in enumerate(arms)]
         if latency_batch > 0:
             # one module per distinct seedless member spec (a single model's group is its member's)
             # and one per multi-member arm, all timed in one round-robin
             keys = [[set_fields(s, seed=0) for s in a.specs] for a in arms]
             distinct = list(dict.fromkeys(k for ks in keys for k in ks))
-            multi = [i for i, a in enumerate(arms) if len(a.specs) > 1]
-            modules = member_modules(distinct, schema) + [arm_modules(arms[i], schema) for i in multi]
+            multi = list(groups)
+            modules = member_modules(distinct, schema) + [groups[i] for i in multi]
             lat = interleaved_latency_ms(modules, schema, latency_batch, latency_repeats)
             own = dict(zip(distinct, lat))
             for i, (b, ks) in enumerate(zip(budgets, keys)):
