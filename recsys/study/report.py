@@ -115,9 +115,14 @@ class Row:
         return _mean(self.calibrations)
 
     @property
+    def is_base(self) -> bool:
+        """The base model: the M = 1 homogeneous arm, what every budget is relative to."""
+        return self.kind == "ensemble" and self.m == 1
+
+    @property
     def name(self) -> str:
         """The label with its size, unique within a study: ``"homogeneous ensemble (K=M), M=4"``."""
-        if self.kind == "ensemble" and self.m == 1:
+        if self.is_base:
             return "base model (M=1)"
         return f"{self.label}, M={self.m}" if self.m > 1 else self.label
 
@@ -179,7 +184,7 @@ def build_rows(
     rows = [r for r, _ in pairs]
     held = {j: x for j, (_, x) in enumerate(pairs) if x is not None}
     ens = {r.budget_m: j for j, r in enumerate(rows) if r.kind == "ensemble"}
-    base = next((j for j, r in enumerate(rows) if r.kind == "ensemble" and r.m == 1), None)
+    base = next((j for j, r in enumerate(rows) if r.is_base), None)
     for j, r in enumerate(rows):
         e = ens.get(r.budget_m)
         if j in held and e is not None and e != j and e in held:
@@ -223,7 +228,7 @@ def table_markdown(rows: Sequence[Row]) -> str:
     """
     from recsys.budget import human  # lazy: `import recsys.study` stays torch-free (--help)
 
-    base = next((r.flops for r in rows if r.kind == "ensemble" and r.m == 1), 0)
+    base = next((r.flops for r in rows if r.is_base), 0)
     acc = [
         "| budget | arm | M | n | test AUC | test logloss | NE | calibration | Δ AUC vs homog. ens. (p) "
         "| Δ AUC vs M=1 (p) |",
@@ -292,7 +297,7 @@ def verdict_lines(rows: Sequence[Row]) -> list[str]:
         if r.vs_ensemble is not None:
             line += f"; paired, ensemble minus single: {r.vs_ensemble.flipped(e.name).summary()}"
         out.append(line)
-    base = next((r.flops for r in rows if r.kind == "ensemble" and r.m == 1), 0)
+    base = next((r.flops for r in rows if r.is_base), 0)
     for r in rows:
         if r.vs_base is not None:  # a heterogeneous M=8 is not an 8x budget: say its FLOPs
             out.append(f"M={r.m} at {_budget(r, base)} FLOPs: {r.name} vs the base model (M=1): "
@@ -328,7 +333,7 @@ def plot_rows(rows: Sequence[Row], path: Path, title: str = "") -> None:
     """AUC vs FLOPs per example: one curve per arm kind, each anchored at the base model."""
     from matplotlib.figure import Figure  # lazy: matplotlib costs seconds; only the plot needs it
 
-    base = next((r for r in rows if r.kind == "ensemble" and r.m == 1), None)
+    base = next((r for r in rows if r.is_base), None)
     fig = Figure(figsize=(10, 5))
     ax = fig.subplots()
     for kind in KIND_LABELS:
