@@ -69,7 +69,7 @@ def apply_preset(cfg: ConvertConfig) -> ConvertConfig:
     if cfg.hash_size is not None:
         raise InputError(f"--preset {cfg.preset} sets min-counts; it does not apply with --hash")
     p = PRESETS[cfg.preset]
-    counted = cfg.hash_size is None and cfg.vocab_from is None
+    counted = cfg.vocab_from is None  # (--hash was refused above)
     return replace(
         cfg,
         min_count=p.min_count.get(cfg.dataset) if counted and cfg.min_count is None else cfg.min_count,
