@@ -214,7 +214,7 @@ def build_plan(
         if m == 1 or k == m:
             continue  # K = M: the independent ensemble above
         reps = _disjoint(m, ens_seeds // m)
-        members = [set_fields(base, seed=s) for s in range(1, len(reps) * m + 1)]
+        members = indep[:len(reps) * m]  # the base seeds 1.. of the independent run: the same inits
         size = m // k
         groups = [r[j * size:(j + 1) * size] for r in reps for j in range(k)]
         name, kind = (f"{prefix}joint", "joint") if k == 1 else (f"{prefix}grouped_k{k}", "grouped")
